@@ -1,3 +1,16 @@
-"""lmseg: composable building blocks for open-vocabulary semantic segmentation."""
+"""lmseg: composable building blocks for open-vocabulary semantic segmentation.
+
+The three-line API::
+
+    import lmseg
+    segmenter = lmseg.Segmenter(lmseg.create_model("lmseg_tiny"))
+    labels = segmenter.predict("photo.jpg", ["cat", "sofa", "wall"])
+"""
+
+from lmseg.checkpoint import load_model, save_model
+from lmseg.factory import create_model, list_models
+from lmseg.model import LMSeg
 
 __version__ = "0.1.0"
+
+__all__ = ["LMSeg", "create_model", "list_models", "load_model", "save_model", "__version__"]

@@ -1,0 +1,138 @@
+"""Pieces shared by the spatial and class aggregators: the attention backend switch and the MLP.
+
+One switch decides how windowed softmax attention runs: PyTorch's
+``scaled_dot_product_attention`` (the default, fused on every device), xformers'
+memory-efficient attention where it is installed *and* its kernels load on the device (the
+PyPI wheel is often built for another torch: a tiny trial call detects that, warns once and
+falls back), or a plain matmul-softmax path kept as the readable reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+AttentionBackend = Literal["sdpa", "xformers", "math"]
+_BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
+_backend: str = "sdpa"
+_xformers_ok: dict[str, bool] = {}
+
+
+def set_attention_backend(name: AttentionBackend) -> None:
+    """Select the softmax-attention backend used by every lmseg block.
+
+    Args:
+        name: ``"sdpa"`` (default), ``"xformers"`` (falls back to sdpa, with one warning, where
+            xformers is missing or its kernels do not run on the device) or ``"math"``.
+    """
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {_BACKENDS}")
+    _backend = name
+
+
+def get_attention_backend() -> str:
+    """The backend selected with :func:`set_attention_backend`."""
+    return _backend
+
+
+@contextmanager
+def attention_backend(name: AttentionBackend) -> Iterator[None]:
+    """Temporarily select an attention backend (``with attention_backend("math"): ...``)."""
+    previous = _backend
+    set_attention_backend(name)
+    try:
+        yield
+    finally:
+        set_attention_backend(previous)
+
+
+def xformers_available(device: torch.device | str) -> bool:
+    """Whether xformers' memory-efficient attention imports and runs on ``device``.
+
+    The answer is cached per device type; the first failure is reported once as a warning.
+    """
+    key = torch.device(device).type
+    if key not in _xformers_ok:
+        try:
+            import xformers.ops as xops  # type: ignore[import-not-found]
+
+            probe = torch.zeros(1, 4, 1, 8, device=device)
+            xops.memory_efficient_attention(probe, probe, probe)
+            _xformers_ok[key] = True
+        except Exception as error:  # ImportError, missing kernels, ABI mismatch...
+            _xformers_ok[key] = False
+            warnings.warn(
+                f"xformers attention is unavailable on {key} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); "
+                "falling back to torch scaled_dot_product_attention",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _xformers_ok[key]
+
+
+def softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Scaled dot-product attention through the selected backend.
+
+    Args:
+        q, k, v: ``(..., heads, N, d)``; any number of leading batch dimensions.
+        bias: additive attention bias broadcastable to ``(..., heads, N, N)``, or None.
+
+    Returns:
+        ``(..., heads, N, d)``, softmax(q kᵀ / √d + bias) v.
+    """
+    backend = _backend
+    if backend == "xformers" and xformers_available(q.device):
+        import xformers.ops as xops  # type: ignore[import-not-found]
+
+        lead = q.shape[:-3]
+        heads, n, d = q.shape[-3:]
+        # xformers wants (batch, N, heads, d) with one batch dimension and a dense bias.
+        def to_x(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(-1, heads, n, d).transpose(1, 2)
+
+        attn_bias = None
+        if bias is not None:
+            attn_bias = bias.to(q.dtype).expand(*lead, heads, n, n).reshape(-1, heads, n, n)
+        out = xops.memory_efficient_attention(to_x(q), to_x(k), to_x(v), attn_bias=attn_bias)
+        return out.transpose(1, 2).reshape(q.shape)
+    if backend == "math":
+        attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            attn = attn + bias
+        return attn.softmax(dim=-1) @ v
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+class Mlp(nn.Module):
+    """Two-layer perceptron ``fc2(act(fc1(x)))`` with timm's parameter names.
+
+    Args:
+        dim: input and output width C.
+        hidden_dim: hidden width (``mlp_ratio * C``).
+        activation: ``"gelu"`` (Swin blocks) or ``"relu"`` (class aggregation).
+    """
+
+    def __init__(self, *, dim: int, hidden_dim: int, activation: str = "gelu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act: nn.Module = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C) -> (..., C)``."""
+        return self.fc2(self.act(self.fc1(x)))

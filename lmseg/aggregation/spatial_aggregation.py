@@ -1,0 +1,223 @@
+"""Spatial aggregation: guided Swin blocks applied to every class's cost map independently.
+
+Follows CAT-Seg's modified Swin block (window 12, shift 6, 4 heads, width 128, MLP ratio 4,
+pre-LayerNorm, no relative-position bias, shifted-window mask value −100). Queries and keys see
+the cost embedding concatenated with the LayerNorm'd appearance guidance; values see the cost
+embedding alone.
+
+Because the guidance is the same for every class, its contribution to Q and K is computed once
+per image (the concatenation ``[x, g] @ Wᵀ`` is split into ``x @ W_xᵀ + g @ W_gᵀ``) and classes
+run in chunks, so peak memory is bounded by the chunk size rather than by K.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from lmseg.aggregation.common import Mlp, softmax_attention
+
+# CAT-Seg's additive mask value between tokens of different sub-windows after the cyclic shift.
+SHIFT_MASK_VALUE = -100.0
+
+
+@lru_cache(maxsize=16)
+def _shift_mask_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    labels = torch.zeros(h, w)
+    region = 0
+    for rows in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for cols in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            labels[rows, cols] = region
+            region += 1
+    windows = rearrange(labels, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window, ww=window)
+    differs = windows[:, None, :] != windows[:, :, None]
+    mask = torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
+    return mask[:, None]  # (nW, 1, N, N): broadcasts over heads
+
+
+def shifted_window_mask(
+    h: int, w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive attention mask of shifted-window attention, computed once per shape.
+
+    Returns:
+        ``(nW, 1, N, N)`` with nW = (h/window)·(w/window), N = window², 0 inside a sub-window
+        and −100 across sub-windows that the cyclic shift made neighbours.
+    """
+    return _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
+
+
+class GuidedSwinBlock(nn.Module):
+    """One Swin block whose queries and keys also see per-pixel appearance guidance.
+
+    Args:
+        dim: cost-embedding width C (128).
+        guidance_dim: appearance-guidance width Cg (128); 0 disables guidance.
+        num_heads: attention heads (4).
+        window_size: window side (12).
+        shift_size: cyclic shift (0 or window_size // 2).
+        mlp_ratio: MLP hidden width over C (4).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        guidance_dim: int,
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.guidance_dim, self.num_heads = dim, guidance_dim, num_heads
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim + guidance_dim, dim)
+        self.k = nn.Linear(dim + guidance_dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio), activation="gelu")
+
+    def guidance_terms(self, guidance: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class-independent part of Q and K: ``g @ W_gᵀ + b``.
+
+        Args:
+            guidance: normalised appearance guidance ``(B, h, w, Cg)`` or None.
+
+        Returns:
+            Two tensors ``(B, 1, h, w, C)`` (or ``(1, 1, 1, 1, C)`` biases without guidance).
+        """
+        d = self.dim
+        if guidance is None or self.guidance_dim == 0:
+            return self.q.bias.view(1, 1, 1, 1, d), self.k.bias.view(1, 1, 1, 1, d)
+        gq = F.linear(guidance, self.q.weight[:, d:], self.q.bias)
+        gk = F.linear(guidance, self.k.weight[:, d:], self.k.bias)
+        return gq.unsqueeze(1), gk.unsqueeze(1)
+
+    def forward(
+        self, x: torch.Tensor, guidance_q: torch.Tensor, guidance_k: torch.Tensor
+    ) -> torch.Tensor:
+        """Apply the block to a chunk of classes.
+
+        Args:
+            x: cost embedding ``(B, K, h, w, C)``.
+            guidance_q, guidance_k: from :meth:`guidance_terms`, ``(B, 1, h, w, C)``.
+
+        Returns:
+            ``(B, K, h, w, C)``.
+        """
+        _, _, h, w, _ = x.shape
+        window = min(self.window_size, h, w)
+        # As CAT-Seg: a window that covers the whole map is not shifted.
+        shift = self.shift_size if window < min(h, w) else 0
+        if h % window or w % window:
+            raise ValueError(f"feature grid {h}x{w} is not divisible by window size {window}")
+
+        y = self.norm1(x)
+        d = self.dim
+        q = F.linear(y, self.q.weight[:, :d]) + guidance_q
+        k = F.linear(y, self.k.weight[:, :d]) + guidance_k
+        v = self.v(y)
+        if shift:
+            q, k, v = (torch.roll(t, shifts=(-shift, -shift), dims=(2, 3)) for t in (q, k, v))
+
+        def windows(t: torch.Tensor) -> torch.Tensor:
+            return rearrange(
+                t,
+                "b k (nh wh) (nw ww) (heads c) -> (b k) (nh nw) heads (wh ww) c",
+                wh=window,
+                ww=window,
+                heads=self.num_heads,
+            )
+
+        mask = shifted_window_mask(h, w, window, shift, x.device, q.dtype) if shift else None
+        out = softmax_attention(windows(q), windows(k), windows(v), mask)
+        out = rearrange(
+            out,
+            "(b k) (nh nw) heads (wh ww) c -> b k (nh wh) (nw ww) (heads c)",
+            b=x.shape[0],
+            nh=h // window,
+            wh=window,
+        )
+        if shift:
+            out = torch.roll(out, shifts=(shift, shift), dims=(2, 3))
+        x = x + self.proj(out)
+        return x + self.mlp(self.norm2(x))
+
+
+class SpatialAggregation(nn.Module):
+    """Two guided Swin blocks (plain, then shifted) over each class's cost map.
+
+    Args:
+        dim: cost-embedding width C (128).
+        guidance_dim: appearance-guidance width Cg (128).
+        num_heads: attention heads (4).
+        window_size: window side (12); the second block shifts by half of it.
+        mlp_ratio: MLP ratio (4).
+        class_chunk: classes processed together; bounds peak memory, does not change results.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int = 128,
+        guidance_dim: int = 128,
+        num_heads: int = 4,
+        window_size: int = 12,
+        mlp_ratio: float = 4.0,
+        class_chunk: int = 32,
+    ) -> None:
+        super().__init__()
+        self.class_chunk = class_chunk
+        self.blocks = nn.ModuleList(
+            [
+                GuidedSwinBlock(
+                    dim=dim,
+                    guidance_dim=guidance_dim,
+                    num_heads=num_heads,
+                    window_size=window_size,
+                    shift_size=shift,
+                    mlp_ratio=mlp_ratio,
+                )
+                for shift in (0, window_size // 2)
+            ]
+        )
+        self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+        """Aggregate every class's cost map spatially.
+
+        Args:
+            x: cost embedding ``(B, K, h, w, C)``.
+            guidance: projected appearance guidance ``(B, h, w, Cg)`` or None.
+
+        Returns:
+            ``(B, K, h, w, C)``, bit-for-bit independent of ``class_chunk``.
+        """
+        if guidance is not None and self.guidance_norm is not None:
+            guidance = self.guidance_norm(guidance)
+        terms = [block.guidance_terms(guidance) for block in self.blocks]
+
+        def run(chunk: torch.Tensor) -> torch.Tensor:
+            for block, (gq, gk) in zip(self.blocks, terms, strict=True):
+                chunk = block(chunk, gq, gk)
+            return chunk
+
+        num_classes = x.shape[1]
+        step = max(1, self.class_chunk)
+        if num_classes <= step:
+            return run(x)
+        if torch.is_grad_enabled():
+            return torch.cat([run(x[:, i : i + step]) for i in range(0, num_classes, step)], 1)
+        out = torch.empty_like(x)
+        for i in range(0, num_classes, step):
+            out[:, i : i + step] = run(x[:, i : i + step])
+        return out
