@@ -8,6 +8,7 @@ them. Variant names say what differs: ``lmseg_vitb16_samb`` (LMSeg, CLIP ViT-B/1
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -291,7 +292,8 @@ def build_model(
             class_chunk=a.class_chunk,
         ),
         top_k=config.top_k,
-        config=config.to_dict(),
+        # JSON form (tuples become lists), exactly what a checkpoint stores and reloads.
+        config=json.loads(json.dumps(config.to_dict())),
     )
 
 

@@ -1,0 +1,141 @@
+"""Aggregation blocks: equivariance, chunking equivalence, attention backends, shift mask."""
+
+import warnings
+
+import pytest
+import torch
+
+from lmseg.aggregation import (
+    ClassAggregation,
+    SpatialAggregation,
+    UpsamplingDecoder,
+    attention_backend,
+    linear_attention,
+)
+from lmseg.aggregation.spatial_aggregation import shifted_window_mask
+
+
+def _randomise(module: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(1)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return module.eval()
+
+
+def test_shift_mask_matches_brute_force():
+    h = w = 8
+    window, shift = 4, 2
+    mask = shifted_window_mask(h, w, window, shift, torch.device("cpu"), torch.float32)
+    # Region of each pixel after the cyclic shift: pixels wrapped around from the far edge
+    # belong to other regions than their window neighbours.
+    rows = torch.arange(h).roll(-shift)
+    cols = torch.arange(w).roll(-shift)
+    region = ((rows >= h - shift).long()[:, None] * 3 + (cols >= w - shift).long()[None, :])
+    for wi in range(4):
+        r0, c0 = (wi // 2) * window, (wi % 2) * window
+        reg = region[r0:r0 + window, c0:c0 + window].flatten()
+        expected = torch.where(reg[:, None] == reg[None, :], 0.0, -100.0)
+        torch.testing.assert_close(mask[wi, 0], expected)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa", "xformers"])
+def test_spatial_backends_agree(backend):
+    block = _randomise(SpatialAggregation(dim=16, guidance_dim=8, num_heads=2, window_size=4))
+    x, g = torch.randn(2, 3, 8, 8, 16), torch.randn(2, 8, 8, 8)
+    with attention_backend("math"):
+        reference = block(x, g)
+    # xformers falls back to sdpa (with one warning) where it is missing or cannot run.
+    with attention_backend(backend), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = block(x, g)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_spatial_is_independent_per_class_and_chunking_is_exact():
+    block = _randomise(SpatialAggregation(dim=16, guidance_dim=8, num_heads=2, window_size=4))
+    x, g = torch.randn(1, 7, 8, 8, 16), torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        block.class_chunk = 100
+        whole = block(x, g)
+        block.class_chunk = 3
+        chunked = block(x, g)
+        single = block(x[:, 4:5], g)
+    assert torch.equal(whole, chunked)
+    torch.testing.assert_close(single[:, 0], whole[:, 4], rtol=1e-6, atol=1e-6)
+
+
+def test_class_aggregation_is_permutation_equivariant():
+    block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=10))
+    x, t = torch.randn(2, 6, 4, 5, 16), torch.randn(2, 6, 8)
+    perm = torch.randperm(6)
+    with torch.no_grad():
+        out = block(x, t)
+        permuted = block(x[:, perm], t[:, perm])
+    torch.testing.assert_close(permuted, out[:, perm], rtol=1e-5, atol=1e-5)
+
+
+def test_class_aggregation_padding_tokens_take_part():
+    block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=10))
+    x, t = torch.randn(1, 4, 3, 3, 16), torch.randn(1, 4, 8)
+    with torch.no_grad():
+        before = block(x, t)
+        # a constant shift would vanish in the LayerNorm: perturb per channel
+        block.padding_tokens.add_(torch.randn_like(block.padding_tokens))
+        after = block(x, t)
+    assert not torch.allclose(before, after)
+
+
+def test_class_aggregation_pixel_chunks_are_exact():
+    block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=0))
+    x, t = torch.randn(2, 5, 6, 6, 16), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        block.pixel_chunk = 10_000
+        whole = block(x, t)
+        block.pixel_chunk = 14
+        chunked = block(x, t)
+    # Pixels are independent; only the GEMM tail handling of odd chunk sizes can differ, by an
+    # ulp or so (chunks that are multiples of 8 pixels come out bit-identical here).
+    torch.testing.assert_close(whole, chunked, rtol=0, atol=2e-6)
+
+
+def test_class_aggregation_pools_in_training_only():
+    block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=0, train_pool_size=2))
+    x, t = torch.randn(1, 3, 4, 4, 16), torch.randn(1, 3, 8)
+    block.train()
+    pooled = block(x, t)
+    block.eval()
+    plain = block(x, t)
+    assert pooled.shape == plain.shape == x.shape
+    assert not torch.allclose(pooled, plain)
+
+
+def test_linear_attention_matches_its_definition():
+    q, k, v = torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4)
+    fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    scores = torch.einsum("nkhd,nshd->nhks", fq, fk)
+    expected = torch.einsum("nhks,nshd->nkhd", scores / (scores.sum(-1, keepdim=True) + 1e-6), v)
+    torch.testing.assert_close(linear_attention(q, k, v), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_attention_accumulates_in_fp32_under_autocast():
+    q, k, v = (torch.randn(2, 300, 2, 8) for _ in range(3))
+    reference = linear_attention(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_decoder_chunking_is_exact_and_shapes():
+    decoder = _randomise(UpsamplingDecoder(dim=32, clip_width=24, guidance_dims=(32, 16),
+                                           guidance_proj_dims=(16, 8), decoder_dims=(32, 16)))
+    taps = [torch.randn(2, 24, 6, 8), torch.randn(2, 24, 6, 8)]
+    x = torch.randn(2, 5, 6, 8, 32)
+    with torch.no_grad():
+        guidance = decoder.prepare_guidance(taps)
+        decoder.class_chunk = 100
+        whole = decoder(x, guidance)
+        decoder.class_chunk = 2
+        chunked = decoder(x, guidance)
+    assert whole.shape == (2, 5, 24, 32)
+    assert torch.equal(whole, chunked)
