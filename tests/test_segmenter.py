@@ -1,0 +1,158 @@
+"""predict(image, classes): every input kind, odd images, bad class lists, both inference modes."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lmseg
+from lmseg.io import ImageError, load_image, validate_classes
+from lmseg.segmenter import Segmenter
+
+CLASSES = ["cat", "sofa", "wall"]
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    torch.manual_seed(0)
+    warnings.simplefilter("ignore")  # the no-bank notice
+    return Segmenter(lmseg.create_model("lmseg_tiny"))
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+
+
+def test_label_map_at_image_size_for_every_input_kind(segmenter, rgb, tmp_path):
+    path = tmp_path / "image.png"
+    Image.fromarray(rgb).save(path)
+    results = [
+        segmenter.predict(path, CLASSES),
+        segmenter.predict(str(path), CLASSES),
+        segmenter.predict(Image.fromarray(rgb), CLASSES),
+        segmenter.predict(rgb, CLASSES),
+        segmenter.predict(torch.from_numpy(rgb).permute(2, 0, 1), CLASSES),
+        segmenter.predict(rgb.astype(np.float32) / 255, CLASSES),
+    ]
+    for labels in results:
+        assert labels.shape == (50, 70) and labels.dtype == np.int32
+        assert labels.min() >= 0 and labels.max() < len(CLASSES)
+        np.testing.assert_array_equal(labels, results[0])
+
+
+def test_probabilities_and_sliding_window(segmenter, rgb):
+    labels, probs = segmenter.predict(rgb, CLASSES, return_probabilities=True)
+    assert probs.shape == (3, 50, 70) and ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_array_equal(labels, probs.argmax(0))
+    sliding, sprobs = segmenter.predict(rgb, CLASSES, sliding_window=True, return_probabilities=True)
+    assert sliding.shape == (50, 70)
+    assert not np.allclose(sprobs, probs)
+
+
+def test_class_chunking_does_not_change_labels(rgb):
+    model = lmseg.create_model("catseg_tiny")
+    classes = [f"thing {i}" for i in range(13)]
+    a = Segmenter(model, class_chunk=64).predict(rgb, classes, sliding_window=True)
+    b = Segmenter(model, class_chunk=4).predict(rgb, classes, sliding_window=True)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_text_embeddings_are_cached_per_vocabulary(segmenter):
+    first = segmenter.text_embeddings(CLASSES)
+    assert segmenter.text_embeddings(CLASSES) is first
+    assert first.shape == (3, 4, 32)
+
+
+def test_shipped_bank_gives_attribute_prompts(segmenter):
+    from lmseg.vocabularies import load_vocabulary
+
+    voc = load_vocabulary("voc20")
+    text = segmenter.text_embeddings(voc)
+    assert text.shape == (20, 4, 32)
+    assert not torch.allclose(text[:, 0], text[:, 1])  # attribute prompts differ from the template
+
+
+def test_odd_images(segmenter, tmp_path):
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((20, 30), 128, np.uint8)).save(gray)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((20, 30, 4), np.uint8)).save(rgba)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 30), 65535, np.uint16)).save(deep)
+    for path in (gray, rgba, deep):
+        assert segmenter.predict(path, CLASSES).shape == (20, 30)
+    assert load_image(deep).max() == pytest.approx(1.0)
+    assert load_image(gray)[:, 0, 0].tolist() == pytest.approx([128 / 255] * 3)
+
+
+def test_exif_rotation_is_applied(segmenter, tmp_path):
+    image = Image.fromarray(np.zeros((20, 30, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).shape == (3, 30, 20)
+    assert segmenter.predict(path, CLASSES).shape == (30, 20)
+
+
+def test_bad_images_get_clear_errors(segmenter, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    truncated = tmp_path / "truncated.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    cases = [
+        (empty, "is empty"),
+        (corrupt, "not a readable image"),
+        (truncated, "not a readable image"),
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+        (np.zeros((5, 5, 2), np.uint8), "must be HxW"),
+        (np.full((5, 5, 3), 3.0, np.float32), "must lie in"),
+        (np.full((5, 5, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((5, 5), bool), "boolean mask"),
+    ]
+    for image, message in cases:
+        with pytest.raises(ImageError, match=message):
+            segmenter.predict(image, CLASSES)
+    with pytest.raises(FileNotFoundError):
+        segmenter.predict(tmp_path / "missing.png", CLASSES)
+    with pytest.raises(TypeError, match="unsupported image type"):
+        segmenter.predict(42, CLASSES)
+
+
+def test_huge_images_are_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(path)
+    with pytest.raises(ImageError, match="too large"):
+        load_image(path, max_pixels=100_000)
+
+
+@pytest.mark.parametrize(
+    ("classes", "error", "message"),
+    [
+        ([], ValueError, "class list is empty"),
+        ("cat,dog", TypeError, "not a single string"),
+        (["cat", "dog", "cat"], ValueError, "duplicate class names: 'cat'"),
+        (["cat", "  "], ValueError, "class 1 has an empty name"),
+        (["cat", 3], TypeError, "class 1 is int"),
+        ([f"c{i}" for i in range(30)], ValueError, "more than max_classes=20"),
+    ],
+)
+def test_bad_class_lists(classes, error, message):
+    with pytest.raises(error, match=message):
+        validate_classes(classes, max_classes=20)
+
+
+def test_overlong_class_name_is_named(segmenter, rgb):
+    name = "very " * 80 + "long thing"
+    with pytest.raises(ValueError, match="very very"):
+        segmenter.predict(rgb, ["cat", name])
+
+
+def test_trailing_space_names_are_kept_distinct():
+    assert validate_classes(["bed", "bed "]) == ["bed", "bed "]
