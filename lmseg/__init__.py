@@ -10,7 +10,8 @@ The three-line API::
 from lmseg.checkpoint import load_model, save_model
 from lmseg.factory import create_model, list_models
 from lmseg.model import LMSeg
+from lmseg.segmenter import Segmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["LMSeg", "create_model", "list_models", "load_model", "save_model", "__version__"]
+__all__ = ["LMSeg", "Segmenter", "create_model", "list_models", "load_model", "save_model", "__version__"]
