@@ -15,33 +15,50 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from lmseg.aggregation.common import Mlp
 
 
 def linear_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    extra_count: int = 0,
 ) -> torch.Tensor:
     """Multi-head linear attention over the class axis, accumulated in fp32.
 
     Args:
         q, k, v: ``(N, K, heads, d)`` for N independent pixels and K classes.
         eps: added to the normaliser, as CAT-Seg.
+        extra_k, extra_v: ``(N or 1, heads, d)``: a key/value occurring ``extra_count`` times
+            among the keys (CAT-Seg's identical padding tokens), added in closed form.
+        extra_count: how many times the extra key/value occur.
 
     Returns:
-        ``(N, K, heads, d)`` in the input dtype.
+        ``(N, K, heads, d)`` in the input dtype: for every query,
+        ``Σ_s φ(q)·φ(k_s) v_s / (Σ_s φ(q)·φ(k_s) + eps)`` over all K + extra_count keys.
     """
     dtype = q.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = (F.elu(q.float()) + 1, F.elu(k.float()) + 1, v.float())
-        length = v.shape[1]
+        length = v.shape[1] + extra_count
         # CAT-Seg divides the values by the sequence length (and multiplies back at the end) to
         # keep fp16 sums in range; kept for parity of rounding.
         v = v / length
         kv = torch.einsum("nkhd,nkhe->nhde", k, v)
-        z = 1.0 / (torch.einsum("nkhd,nhd->nkh", q, k.sum(dim=1)) + eps)
+        k_sum = k.sum(dim=1)
+        if extra_count and extra_k is not None and extra_v is not None:
+            ek = F.elu(extra_k.float()) + 1
+            ev = extra_v.float() / length
+            kv = kv + extra_count * torch.einsum("nhd,nhe->nhde", ek, ev)
+            k_sum = k_sum + extra_count * ek
+        z = 1.0 / (torch.einsum("nkhd,nhd->nkh", q, k_sum) + eps)
         out = torch.einsum("nkhd,nhde,nkh->nkhe", q, kv, z) * length
     return out.to(dtype)
 
@@ -87,30 +104,49 @@ class ClassAggregation(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
 
-    def _pad(
-        self, tokens: torch.Tensor, guidance: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pad ``(B, L, K, C)`` tokens and ``(B, K, Cg)`` guidance to ``pad_len`` classes."""
-        b, n, num_classes, _ = tokens.shape
+    def _padding_kv(
+        self, num_classes: int, with_guidance: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """Key and value of the learnable padding token, and how many padding slots there are.
+
+        All padding slots hold the same token (and the same guidance token), so their keys and
+        values are identical at every pixel: they enter the attention in closed form instead of
+        being materialised (their outputs are discarded anyway). The result equals CAT-Seg's
+        concatenate-then-attend up to float summation order.
+        """
         missing = self.pad_len - num_classes
         if self.padding_tokens is None or missing <= 0:
-            return tokens, guidance
-        pad = repeat(self.padding_tokens, "1 1 c -> b n k c", b=b, n=n, k=missing)
-        tokens = torch.cat([tokens, pad.to(tokens.dtype)], dim=2)
-        if guidance is not None and self.padding_guidance is not None:
-            gpad = repeat(self.padding_guidance, "1 1 c -> b k c", b=b, k=missing)
-            guidance = torch.cat([guidance, gpad.to(guidance.dtype)], dim=1)
-        return tokens, guidance
+            return None, None, 0
+        d = self.dim
+        y = self.norm1(self.padding_tokens[0, 0])
+        k = F.linear(y, self.k.weight[:, :d], self.k.bias)
+        if with_guidance and self.padding_guidance is not None:
+            k = k + F.linear(self.padding_guidance[0, 0], self.k.weight[:, d:])
+        v = self.v(y)
+        heads = "(h c) -> 1 h c"  # one key/value, broadcast over every pixel
+        return rearrange(k, heads, h=self.num_heads), rearrange(v, heads, h=self.num_heads), missing
 
-    def _attend(self, t: torch.Tensor, gq: torch.Tensor, gk: torch.Tensor) -> torch.Tensor:
-        """Attention + MLP on ``(B, n, K', C)`` pixel tokens; returns the same shape."""
+    def _attend(
+        self,
+        t: torch.Tensor,
+        gq: torch.Tensor,
+        gk: torch.Tensor,
+        padding: tuple[torch.Tensor | None, torch.Tensor | None, int],
+    ) -> torch.Tensor:
+        """Attention + MLP on ``(B, n, K, C)`` pixel tokens; returns the same shape."""
         d = self.dim
         y = self.norm1(t)
         q = F.linear(y, self.q.weight[:, :d]) + gq
         k = F.linear(y, self.k.weight[:, :d]) + gk
         v = self.v(y)
         heads = "b n k (h c) -> (b n) k h c"
-        out = linear_attention(*(rearrange(z, heads, h=self.num_heads) for z in (q, k, v)))
+        pad_k, pad_v, count = padding
+        out = linear_attention(
+            *(rearrange(z, heads, h=self.num_heads) for z in (q, k, v)),
+            extra_k=pad_k,
+            extra_v=pad_v,
+            extra_count=count,
+        )
         t = t + rearrange(out, "(b n) k h c -> b n k (h c)", b=t.shape[0])
         return t + self.mlp(self.norm2(t))
 
@@ -135,7 +171,7 @@ class ClassAggregation(nn.Module):
             )
         hp, wp = pooled.shape[2:4]
         tokens = rearrange(pooled, "b k h w c -> b (h w) k c")
-        tokens, guidance = self._pad(tokens, guidance)
+        padding = self._padding_kv(num_classes, guidance is not None and self.guidance_dim > 0)
 
         d = self.dim
         if guidance is not None and self.guidance_dim:
@@ -147,10 +183,11 @@ class ClassAggregation(nn.Module):
         n = tokens.shape[1]
         step = max(1, self.pixel_chunk // max(1, b))
         if n <= step:
-            y = self._attend(tokens, gq, gk)
+            y = self._attend(tokens, gq, gk, padding)
         else:
-            y = torch.cat([self._attend(tokens[:, i : i + step], gq, gk) for i in range(0, n, step)], 1)
-        y = y[:, :, :num_classes]
+            y = torch.cat(
+                [self._attend(tokens[:, i : i + step], gq, gk, padding) for i in range(0, n, step)], 1
+            )
         y = rearrange(y, "b (h w) k c -> b k h w c", h=hp, w=wp)
         if pool > 1:
             y = rearrange(y, "b k h w c -> (b k) c h w")
