@@ -4,7 +4,8 @@ CAT-Seg's decoder: two stages h→2h→4h, each a stride-2 transposed conv, conc
 guidance from intermediate CLIP blocks, and two conv–GroupNorm–ReLU layers; then a 3×3 conv to
 one logit per class. The guidance path (transposed convs of the CLIP block outputs to 256 ch at
 2h and 128 ch at 4h, then 3×3 conv + ReLU to 32 and 16 ch) is class-independent: it runs once
-per image, and classes run in chunks so peak memory does not grow with K.
+per image, and so is its share of each stage's first conv; classes run in chunks so peak memory
+does not grow with K.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -35,10 +37,25 @@ class DoubleConv(nn.Module):
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C_in, H, W) -> (N, C_out, H, W)``."""
-        x = self.act(self.norm1(self.conv1(x)))
-        return self.act(self.norm2(self.conv2(x)))
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C_out, H, W)``.
+
+        Args:
+            x: the first ``C`` input channels (all of them when ``extra`` is None).
+            extra: ``(B, C_out, H, W)`` output of the first conv on the remaining input channels,
+                computed once per image and broadcast over its ``N / B`` rows (conv is linear:
+                ``conv([x, g]) = conv_x(x) + conv_g(g)``).
+        """
+        if extra is None:
+            x = self.conv1(x)
+        else:
+            x = F.conv2d(x, self.conv1.weight[:, : x.shape[1]], padding=1)
+            x = (x.unflatten(0, (extra.shape[0], -1)) + extra.unsqueeze(1).to(x.dtype)).flatten(0, 1)
+        # GroupNorm's channels-last kernel sums in an order that depends on the batch size;
+        # the NCHW kernel does not, which keeps class chunking bit-exact.
+        x = x.contiguous()
+        x = self.act(self.norm1(x))
+        return self.act(self.norm2(self.conv2(x).contiguous()))
 
 
 class UpStage(nn.Module):
@@ -58,14 +75,20 @@ class UpStage(nn.Module):
         )
         self.conv = DoubleConv(in_channels=in_channels, out_channels=out_channels)
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
-        """``x (B·K, C_in, H, W)``, ``guidance (B, Cg, 2H, 2W)`` -> ``(B·K, C_out, 2H, 2W)``."""
-        x = self.up(x)
-        if guidance is not None:
-            per_image = x.shape[0] // guidance.shape[0]
-            guidance = guidance.repeat_interleave(per_image, dim=0)
-            x = torch.cat([x, guidance.to(x.dtype)], dim=1)
-        return self.conv(x)
+    def guidance_term(self, guidance: torch.Tensor | None) -> torch.Tensor | None:
+        """The guidance channels' share of the first conv, once per image: ``(B, C_out, 2H, 2W)``."""
+        if guidance is None:
+            return None
+        up_channels = self.up.out_channels
+        return F.conv2d(guidance, self.conv.conv1.weight[:, up_channels:], padding=1)
+
+    def forward(self, x: torch.Tensor, guidance_term: torch.Tensor | None) -> torch.Tensor:
+        """``x (B·K, C_in, H, W)`` and :meth:`guidance_term` -> ``(B·K, C_out, 2H, 2W)``.
+
+        Equals CAT-Seg's ``DoubleConv(cat([up(x), guidance]))`` without concatenating a copy of
+        the guidance for every class.
+        """
+        return self.conv(self.up(x), guidance_term)
 
 
 class UpsamplingDecoder(nn.Module):
@@ -135,11 +158,11 @@ class UpsamplingDecoder(nn.Module):
             )
         ]
 
-    def _decode(self, x: torch.Tensor, guidance: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, terms: Sequence[torch.Tensor | None]) -> torch.Tensor:
         b, num_classes = x.shape[:2]
         y = rearrange(x, "b k h w c -> (b k) c h w")
-        for stage, g in zip(self.stages, guidance, strict=True):
-            y = stage(y, g)
+        for stage, term in zip(self.stages, terms, strict=True):
+            y = stage(y, term)
         return rearrange(self.head(y), "(b k) 1 h w -> b k h w", b=b, k=num_classes)
 
     def forward(
@@ -154,16 +177,17 @@ class UpsamplingDecoder(nn.Module):
         Returns:
             Logits ``(B, K, 4h, 4w)``.
         """
+        terms = [stage.guidance_term(g) for stage, g in zip(self.stages, guidance, strict=True)]
         num_classes = x.shape[1]
         step = max(1, self.class_chunk)
         if num_classes <= step:
-            return self._decode(x, guidance)
+            return self._decode(x, terms)
         if torch.is_grad_enabled():
-            parts = [self._decode(x[:, i : i + step], guidance) for i in range(0, num_classes, step)]
+            parts = [self._decode(x[:, i : i + step], terms) for i in range(0, num_classes, step)]
             return torch.cat(parts, dim=1)
-        first = self._decode(x[:, :step], guidance)
+        first = self._decode(x[:, :step], terms)
         out = first.new_empty(x.shape[0], num_classes, *first.shape[2:])
         out[:, :step] = first
         for i in range(step, num_classes, step):
-            out[:, i : i + step] = self._decode(x[:, i : i + step], guidance)
+            out[:, i : i + step] = self._decode(x[:, i : i + step], terms)
         return out
