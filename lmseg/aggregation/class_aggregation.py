@@ -34,10 +34,13 @@ def linear_attention(
     """Multi-head linear attention over the class axis, accumulated in fp32.
 
     Args:
-        q, k, v: ``(N, K, heads, d)`` for N independent pixels and K classes.
+        q: queries ``(N, K, heads, d)`` for N independent pixels and K classes.
+        k: keys ``(N, K, heads, d)``.
+        v: values ``(N, K, heads, d)``.
         eps: added to the normaliser, as CAT-Seg.
-        extra_k, extra_v: ``(N or 1, heads, d)``: a key/value occurring ``extra_count`` times
-            among the keys (CAT-Seg's identical padding tokens), added in closed form.
+        extra_k: ``(N or 1, heads, d)``: a key occurring ``extra_count`` times among the keys
+            (CAT-Seg's identical padding tokens), added in closed form.
+        extra_v: ``(N or 1, heads, d)``: its value.
         extra_count: how many times the extra key/value occur.
 
     Returns:

@@ -87,7 +87,9 @@ def softmax_attention(
     """Scaled dot-product attention through the selected backend.
 
     Args:
-        q, k, v: ``(..., heads, N, d)``; any number of leading batch dimensions.
+        q: queries ``(..., heads, N, d)``; any number of leading batch dimensions.
+        k: keys ``(..., heads, N, d)``.
+        v: values ``(..., heads, N, d)``.
         bias: additive attention bias broadcastable to ``(..., heads, N, N)``, or None.
 
     Returns:

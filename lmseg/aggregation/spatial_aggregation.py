@@ -109,7 +109,8 @@ class GuidedSwinBlock(nn.Module):
 
         Args:
             x: cost embedding ``(B, K, h, w, C)``.
-            guidance_q, guidance_k: from :meth:`guidance_terms`, ``(B, 1, h, w, C)``.
+            guidance_q: query term from :meth:`guidance_terms`, ``(B, 1, h, w, C)``.
+            guidance_k: key term from :meth:`guidance_terms`, ``(B, 1, h, w, C)``.
 
         Returns:
             ``(B, K, h, w, C)``.

@@ -59,7 +59,8 @@ class CLIPEncoder(nn.Module):
         image_size: input size of the dense path (384 for ViT-B/16 in CAT-Seg); an int or (H, W).
         guidance_layers: indices of the blocks whose outputs guide the decoder.
         tokenizer_name: open_clip model name whose tokenizer to use.
-        mean, std: RGB normalisation of the pretrained weights (OpenAI's by default).
+        mean: RGB mean of the pretrained weights' normalisation (OpenAI's by default).
+        std: RGB standard deviation of that normalisation.
 
     Images are RGB float tensors in [0, 1]; the encoder owns resizing and normalisation.
     """
