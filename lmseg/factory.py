@@ -34,6 +34,8 @@ class CLIPConfig:
     # A full open_clip config for custom sizes (tiny models); None uses model_name's config.
     model_cfg: dict[str, Any] | None = None
     tokenizer_name: str = "ViT-B-16"
+    # OpenAI CLIP (and so CAT-Seg and LMSeg) uses QuickGELU; the weights do not record it.
+    quick_gelu: bool = True
 
 
 @dataclass
@@ -230,7 +232,13 @@ def build_model(
         config = ModelConfig.from_dict(config)
     c, a = config.clip, config.aggregator
     clip = CLIPEncoder(
-        model=load_clip_model(c.model_name, clip_pretrained, cache_dir=cache_dir, model_cfg=c.model_cfg),
+        model=load_clip_model(
+            c.model_name,
+            clip_pretrained,
+            cache_dir=cache_dir,
+            model_cfg=c.model_cfg,
+            quick_gelu=c.quick_gelu,
+        ),
         image_size=c.image_size,
         guidance_layers=c.guidance_layers,
         tokenizer_name=c.tokenizer_name,

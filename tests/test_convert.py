@@ -48,6 +48,9 @@ def _catseg_checkpoint(model: lmseg.LMSeg) -> dict[str, torch.Tensor]:
 
 def test_every_reference_key_maps_onto_the_vitb_model_with_its_shape():
     model = lmseg.create_model("catseg_vitb16")
+    # OpenAI CLIP's activation: converted CAT-Seg weights are wrong under exact GELU.
+    assert type(model.clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert model.clip.text_architecture == "QuickGELU"
     own = model.state_dict()
     for name, shape in _reference_keys():
         target = _rename(PREFIX + name)
@@ -104,5 +107,6 @@ def test_cli_converts_a_detectron2_checkpoint(tiny, tmp_path):
     out = tmp_path / "converted.safetensors"
     assert main(["convert-catseg", str(path), str(out), "--model", "catseg_tiny"]) == 0
     model = lmseg.load_model(out)
+    assert model.clip.text_architecture == "QuickGELU"  # the config keeps it across reloads
     assert torch.equal(model.state_dict()["decoder.head.weight"], source[PREFIX + "head.weight"])
     assert main(["convert-catseg", str(tmp_path / "nope.pth"), str(out)]) == 1

@@ -210,6 +210,11 @@ class CLIPEncoder(nn.Module):
         """``(N, context_length)`` token ids -> unnormalised text embeddings ``(N, D)``."""
         return self.model.encode_text(tokens.to(self.model.token_embedding.weight.device))
 
+    @property
+    def text_architecture(self) -> str:
+        """What the text weights alone do not say (the MLP activation), for cache keys."""
+        return type(self.model.transformer.resblocks[0].mlp.gelu).__name__
+
     def text_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights of the text tower (everything but ``visual.*``), for embedding-cache keys."""
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith("visual.")}
@@ -221,6 +226,7 @@ def load_clip_model(
     *,
     cache_dir: str | None = None,
     model_cfg: dict[str, Any] | None = None,
+    quick_gelu: bool | None = None,
 ) -> nn.Module:
     """Build an open_clip CLIP model, optionally with pretrained weights.
 
@@ -232,6 +238,9 @@ def load_clip_model(
         cache_dir: where open_clip caches downloads (its default when None).
         model_cfg: a full open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``,
             ``quick_gelu``) for custom sizes such as the tiny test models.
+        quick_gelu: use QuickGELU (OpenAI CLIP's activation, and so CAT-Seg's and LMSeg's) rather
+            than GELU. None: only for the ``"openai"`` tag and ``*-quickgelu`` names. Weights
+            alone do not say which: a mismatch silently changes every feature.
 
     Raises:
         WeightsNotFoundError: the weights are neither on disk nor downloadable (offline),
@@ -244,7 +253,8 @@ def load_clip_model(
         if pretrained:
             _load_file(model, pretrained)
         return model.eval()
-    quick_gelu = pretrained == "openai" or model_name.endswith("quickgelu")
+    if quick_gelu is None:
+        quick_gelu = pretrained == "openai" or model_name.endswith("quickgelu")
     if pretrained is None or Path(pretrained).is_file():
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         if pretrained is not None:

@@ -129,6 +129,8 @@ def _too_long_error(
 def text_weights_digest(text_encoder: TextEncoder) -> str:
     """sha256 over the text-tower weights: names, shapes, dtypes and raw bytes, sorted by name."""
     h = hashlib.sha256()
+    # The activation is not in the weights: the same weights under GELU and QuickGELU differ.
+    h.update(f"architecture|{getattr(text_encoder, 'text_architecture', '')}\n".encode())
     state = text_encoder.text_state_dict()
     for name in sorted(state):
         t = state[name].detach()
