@@ -115,9 +115,14 @@ def softmax_attention(
         if bias is not None:
             attn = attn + bias
         return attn.softmax(dim=-1) @ v
+    # PyTorch's fused CPU kernel takes 4-D (batch, heads, N, d) inputs only; with more leading
+    # dimensions it falls back to the unfused math path (3.5x slower for Swin windows here).
+    lead = q.shape[:-3]
+    q4, k4, v4 = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
     if bias is not None:
         bias = bias.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = bias.expand(*lead, *bias.shape[-3:]).reshape(-1, *bias.shape[-3:])
+    return F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias).reshape(q.shape)
 
 
 class Mlp(nn.Module):
