@@ -73,7 +73,7 @@ class AggregatorConfig:
     decoder_guidance_dims: tuple[int, int] = (256, 128)
     decoder_guidance_proj_dims: tuple[int, int] = (32, 16)
     class_chunk: int = 32
-    pixel_chunk: int = 4096
+    token_chunk: int = 32768
 
 
 @dataclass
@@ -274,7 +274,7 @@ def build_model(
                 pad_len=a.pad_len,
                 mlp_ratio=a.mlp_ratio,
                 train_pool_size=a.train_pool_size,
-                pixel_chunk=a.pixel_chunk,
+                token_chunk=a.token_chunk,
             ),
         )
         for _ in range(a.num_layers)

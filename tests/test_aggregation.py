@@ -89,9 +89,9 @@ def test_class_aggregation_pixel_chunks_are_exact():
     block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=0))
     x, t = torch.randn(2, 5, 6, 6, 16), torch.randn(2, 5, 8)
     with torch.no_grad():
-        block.pixel_chunk = 10_000
+        block.token_chunk = 10_000_000
         whole = block(x, t)
-        block.pixel_chunk = 14
+        block.token_chunk = 140  # 14 pixels of 2 x 5 tokens
         chunked = block(x, t)
     # Pixels are independent; only the GEMM tail handling of odd chunk sizes can differ, by an
     # ulp or so (chunks that are multiples of 8 pixels come out bit-identical here).

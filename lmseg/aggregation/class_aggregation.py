@@ -77,7 +77,8 @@ class ClassAggregation(nn.Module):
         mlp_ratio: MLP hidden width over C (4).
         train_pool_size: average pooling of the cost map before the attention in training mode
             (CAT-Seg's efficiency trick); none at test time.
-        pixel_chunk: pixels processed together; bounds memory, does not change results.
+        token_chunk: tokens (pixels × classes) processed together: every intermediate holds at
+            most this many tokens whatever K is; does not change results.
     """
 
     def __init__(
@@ -89,13 +90,13 @@ class ClassAggregation(nn.Module):
         pad_len: int = 256,
         mlp_ratio: float = 4.0,
         train_pool_size: int = 1,
-        pixel_chunk: int = 4096,
+        token_chunk: int = 32768,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.guidance_dim, self.num_heads = dim, guidance_dim, num_heads
-        self.pad_len, self.train_pool_size, self.pixel_chunk = pad_len, train_pool_size, pixel_chunk
+        self.pad_len, self.train_pool_size, self.token_chunk = pad_len, train_pool_size, token_chunk
         self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim)) if pad_len > 0 else None
         self.padding_guidance = (
             nn.Parameter(torch.zeros(1, 1, guidance_dim)) if pad_len > 0 and guidance_dim else None
@@ -184,7 +185,15 @@ class ClassAggregation(nn.Module):
             gq, gk = self.q.bias, self.k.bias
 
         n = tokens.shape[1]
-        step = max(1, self.pixel_chunk // max(1, b))
+        step = max(1, self.token_chunk // (b * num_classes))
+        if pool == 1 and n > step and not torch.is_grad_enabled():
+            # Inference: write x + y chunk by chunk, never holding a full-size y.
+            out = torch.empty_like(x)
+            out_tokens = rearrange(out, "b k h w c -> b (h w) k c")
+            for i in range(0, n, step):
+                chunk = tokens[:, i : i + step]
+                out_tokens[:, i : i + step] = chunk + self._attend(chunk, gq, gk, padding)
+            return out
         if n <= step:
             y = self._attend(tokens, gq, gk, padding)
         else:
