@@ -103,8 +103,24 @@ class LMSeg(nn.Module):
         """D, the joint embedding width of text embeddings."""
         return self.clip.embed_dim
 
+    def _check_input(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        """Refuse tensors on another device or of a non-float dtype; match the weights' dtype."""
+        weight = self.cost_volume.embed.weight
+        if tensor.device != weight.device:
+            raise ValueError(
+                f"{what} are on {tensor.device} but the model is on {weight.device}; "
+                f"move them with .to({str(weight.device)!r})"
+            )
+        if not tensor.is_floating_point():
+            raise TypeError(
+                f"{what} must be floating point, got {tensor.dtype}"
+                + (" (images: RGB in [0, 1]; lmseg.io.load_image converts uint8)" if what == "images" else "")
+            )
+        return tensor.to(weight.dtype)
+
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Class-independent work for ``(B, 3, H, W)`` RGB images in [0, 1]."""
+        images = self._check_input(images, "images")
         clip = self.clip(images)
         embedding, sam_embedding = clip.embedding, None
         if self.sam is not None and self.sam_adapter is not None and self.fusion is not None:
@@ -140,7 +156,7 @@ class LMSeg(nn.Module):
         num_classes = text_embeddings.shape[1]
         if num_classes == 0:
             raise ValueError("the vocabulary is empty: give at least one class")
-        text = F.normalize(text_embeddings.to(embedding.dtype), dim=-1)
+        text = F.normalize(self._check_input(text_embeddings, "text embeddings"), dim=-1)
         cost = cosine_cost(embedding, text)
         index = None
         if self.top_k is not None and num_classes > self.top_k:

@@ -144,3 +144,15 @@ def test_registry_and_overrides():
         lmseg.create_model("nope")
     with pytest.raises(KeyError, match="unknown override"):
         get_config("lmseg_tiny", windowsize=3)
+
+
+def test_wrong_devices_and_dtypes_are_named(model):
+    images, text = torch.rand(1, 3, 96, 96), torch.randn(3, 4, 32)
+    with pytest.raises(TypeError, match="images must be floating point, got torch.uint8"):
+        model((images * 255).to(torch.uint8), text)
+    with pytest.raises(TypeError, match="text embeddings must be floating point"):
+        model(images, text.long())
+    with pytest.raises(ValueError, match="images are on meta but the model is on cpu"):
+        model(images.to("meta"), text)
+    with torch.no_grad():  # float64 inputs are cast to the weights' dtype
+        torch.testing.assert_close(model(images.double(), text.double()), model(images, text))
