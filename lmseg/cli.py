@@ -2,7 +2,8 @@
 
 ``lmseg predict IMAGE... --classes "a,b,c" | --vocabulary ade150 --model NAME
 [--checkpoint PATH] --out DIR``, ``lmseg models``, ``lmseg convert-catseg IN OUT`` and
-``lmseg prompts ...``. :func:`main` takes ``argv`` so tests call it in-process.
+``lmseg prompts ...``, ``lmseg train CONFIG [key=value ...]`` and ``lmseg eval ...``.
+:func:`main` takes ``argv`` so tests call it in-process.
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="target variant (default: detected)")
     c.set_defaults(func=_convert)
 
-    from lmseg.prompts.cli import register
+    from lmseg.prompts.cli import register as register_prompts
+    from lmseg.train.cli import register as register_training
 
-    register(sub)
+    register_prompts(sub)
+    register_training(sub)
     return parser
 
 

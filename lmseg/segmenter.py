@@ -42,6 +42,15 @@ class SlidingWindow:
     window: int = 384
     overlap: float = 0.333
 
+    def __post_init__(self) -> None:
+        stride = int(self.window * (1 - self.overlap))
+        if not 0 < self.window <= self.resize or stride < 1 or (self.resize - self.window) % stride:
+            raise ValueError(
+                f"sliding windows of {self.window} px with overlap {self.overlap} (stride {stride}) "
+                f"do not tile a {self.resize} px image; pick sizes with "
+                "(resize - window) divisible by the stride"
+            )
+
 
 class Segmenter:
     """Open-vocabulary segmentation of single images with any class list.
@@ -54,6 +63,7 @@ class Segmenter:
         prompt_bank: a bank (name, path or object) to use for every vocabulary; by default the
             shipped bank matching the class list, else the template alone (with a notice).
         sliding_window: use CAT-Seg's sliding-window inference by default.
+        window: sliding-window geometry (CAT-Seg's 640 / 384 / 1/3 by default).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
         cache_dir: on-disk text-embedding cache (``$LMSEG_CACHE/text`` by default).
         class_chunk: classes upsampled to image size at once.
@@ -71,6 +81,7 @@ class Segmenter:
         prompt_mode: str | None = None,
         prompt_bank: str | os.PathLike[str] | None = None,
         sliding_window: bool = False,
+        window: SlidingWindow | None = None,
         precision: Precision = "fp32",
         cache_dir: str | os.PathLike[str] | None = None,
         class_chunk: int = 64,
@@ -89,7 +100,7 @@ class Segmenter:
         self.prompt_mode = prompt_mode
         self.prompt_bank = prompt_bank
         self.sliding_window = sliding_window
-        self.window = SlidingWindow()
+        self.window = window or SlidingWindow()
         self.precision = precision
         self.cache_dir = cache_dir
         self.class_chunk = class_chunk

@@ -156,3 +156,11 @@ def test_overlong_class_name_is_named(segmenter, rgb):
 
 def test_trailing_space_names_are_kept_distinct():
     assert validate_classes(["bed", "bed "]) == ["bed", "bed "]
+
+
+def test_sliding_windows_must_tile_the_image():
+    from lmseg.segmenter import SlidingWindow
+
+    SlidingWindow()  # CAT-Seg's 640 / 384 / 1/3 tiles exactly
+    with pytest.raises(ValueError, match="do not tile a 192 px image"):
+        SlidingWindow(resize=192, window=96, overlap=0.4)

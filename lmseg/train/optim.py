@@ -1,0 +1,289 @@
+"""Freezing policy, parameter groups, optimizer and learning-rate schedule of CAT-Seg's recipe.
+
+What trains (CAT-Seg ``MODEL.SEM_SEG_HEAD.CLIP_FINETUNE: "attention"``):
+
+- CLIP, both towers: only the **query and value projection weights** of every attention block.
+  CAT-Seg's CLIP splits each attention's ``in_proj_weight`` into ``q_proj_weight``,
+  ``k_proj_weight`` and ``v_proj_weight`` and sets ``requires_grad`` on the parameters whose
+  names contain ``transformer`` and ``q_proj``/``v_proj``; everything else of CLIP is frozen:
+  positional and token embeddings, class embedding, ``proj``/``text_projection``, LayerNorms,
+  out-proj, MLPs, and ``in_proj_bias`` (one packed tensor for q, k and v, which CAT-Seg leaves
+  frozen). open_clip packs q;k;v as row blocks of one ``in_proj_weight`` ``(3·width, width)``,
+  so here that tensor trains with a **row mask**: a gradient hook zeroes the rows of the frozen
+  blocks (so they add nothing to the gradient norm and Adam's moments for them stay zero), and
+  :meth:`QVMask.restore` copies the frozen rows back after each optimizer step (undoing AdamW's
+  decoupled weight decay, which acts without a gradient). Frozen rows are k in every block, plus
+  q in the last vision block, whose dense mode never uses q (CAT-Seg's ``q_proj_weight`` there
+  gets no gradient, so AdamW skips it).
+- SAM: frozen.
+- Everything else (cost embedding, aggregation, decoder, SAM adapter, fusion weights): trains.
+
+Learning rates: base rate for everything, ``clip_lr_multiplier`` (0.01) for CLIP. Weight decay
+as CAT-Seg's ``build_optimizer``: ``weight_decay`` everywhere except normalisation layers
+(``WEIGHT_DECAY_NORM``, 0.0) and embeddings (``WEIGHT_DECAY_EMBED``, 0.0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lmseg.model import LMSeg
+
+__all__ = [
+    "CLIP_FINETUNE_MODES",
+    "QVMask",
+    "WarmupCosine",
+    "build_optimizer",
+    "build_param_groups",
+    "build_scheduler",
+    "configure_trainable",
+    "trainable_parameters",
+]
+
+ClipFinetune = Literal["qv", "none", "full"]
+CLIP_FINETUNE_MODES: tuple[str, ...] = ("qv", "none", "full")
+
+_NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+@dataclass
+class QVMask:
+    """Row masks that keep parts of packed ``in_proj_weight`` tensors frozen.
+
+    Attributes:
+        masks: parameter name -> ``(3·width, 1)`` float mask, 1 on trainable rows.
+        params: parameter name -> the ``in_proj_weight`` parameter.
+        frozen: parameter name -> copy of the parameter's frozen rows (the whole tensor, rows
+            outside the mask are what :meth:`restore` writes back).
+    """
+
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    params: dict[str, nn.Parameter] = field(default_factory=dict)
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)
+    _handles: list[Any] = field(default_factory=list)
+
+    def add(self, name: str, param: nn.Parameter, trainable_rows: torch.Tensor) -> None:
+        """Mask ``param``'s rows where ``trainable_rows`` (bool ``(3·width,)``) is False."""
+        mask = trainable_rows.to(param.device, param.dtype)[:, None]
+        self.masks[name] = mask
+        self.params[name] = param
+        self.frozen[name] = param.detach().clone()
+        self._handles.append(param.register_hook(lambda grad, m=mask: grad * m.to(grad.dtype)))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the frozen rows back (call after every optimizer step)."""
+        for name, param in self.params.items():
+            keep = self.masks[name].to(torch.bool).expand_as(param)
+            param.copy_(torch.where(keep, param, self.frozen[name].to(param.device)))
+
+    def refresh(self) -> None:
+        """Re-read the frozen rows from the parameters (after loading weights)."""
+        for name, param in self.params.items():
+            self.frozen[name] = param.detach().clone()
+
+    def to(self, device: torch.device | str) -> QVMask:
+        """Move the saved rows and masks (the hooks follow the parameters)."""
+        self.frozen = {k: v.to(device) for k, v in self.frozen.items()}
+        self.masks = {k: v.to(device) for k, v in self.masks.items()}
+        return self
+
+    def remove(self) -> None:
+        """Remove the gradient hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def num_trainable(self) -> int:
+        """Number of trainable elements in the masked tensors."""
+        return int(
+            sum(
+                int(m.sum().item()) * p.shape[1]
+                for m, p in zip(self.masks.values(), self.params.values(), strict=True)
+            )
+        )
+
+
+def _attention_blocks(clip_model: Any) -> Iterator[tuple[str, nn.MultiheadAttention, bool]]:
+    """``(name, attention, is_dense_last_block)`` for every block of both towers."""
+    towers = [("visual.transformer", clip_model.visual.transformer, True)]
+    if hasattr(clip_model, "transformer"):
+        towers.append(("transformer", clip_model.transformer, False))
+    for prefix, transformer, is_visual in towers:
+        blocks = transformer.resblocks
+        for i, block in enumerate(blocks):
+            attn = block.attn
+            if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+                raise TypeError(
+                    f"{prefix}.resblocks.{i}.attn is not a packed nn.MultiheadAttention"
+                )
+            yield f"{prefix}.resblocks.{i}.attn", attn, is_visual and i == len(blocks) - 1
+
+
+def configure_trainable(model: LMSeg, clip_finetune: ClipFinetune = "qv") -> QVMask:
+    """Set ``requires_grad`` on every parameter of ``model`` following the recipe.
+
+    Args:
+        model: an :class:`~lmseg.model.LMSeg`.
+        clip_finetune: ``"qv"`` (CAT-Seg's ``"attention"``: Q and V projection weights of both
+            towers), ``"none"`` (CLIP frozen) or ``"full"`` (every CLIP parameter).
+
+    Returns:
+        The :class:`QVMask` holding the gradient hooks (empty unless ``"qv"``); call its
+        :meth:`~QVMask.restore` after each optimizer step.
+    """
+    if clip_finetune not in CLIP_FINETUNE_MODES:
+        raise ValueError(
+            f"clip_finetune must be one of {CLIP_FINETUNE_MODES}, got {clip_finetune!r}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if model.sam is not None:
+        model.sam.requires_grad_(False)
+    clip_model = model.clip.model
+    clip_model.requires_grad_(clip_finetune == "full")
+    mask = QVMask()
+    if clip_finetune != "qv":
+        return mask
+    for name, attn, dense in _attention_blocks(clip_model):
+        width = attn.embed_dim
+        rows = torch.zeros(3 * width, dtype=torch.bool)
+        if not dense:  # the dense last vision block uses only v (lmseg.encoders.clip)
+            rows[:width] = True
+        rows[2 * width :] = True
+        attn.in_proj_weight.requires_grad_(True)
+        mask.add(f"clip.model.{name}.in_proj_weight", attn.in_proj_weight, rows)
+    return mask
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of every parameter with ``requires_grad``."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def build_param_groups(
+    model: LMSeg,
+    *,
+    lr: float,
+    weight_decay: float,
+    clip_lr_multiplier: float = 0.01,
+    weight_decay_norm: float = 0.0,
+    weight_decay_embed: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups of the trainable parameters (CAT-Seg's ``build_optimizer``).
+
+    Groups are keyed by (CLIP or not, weight decay); each carries ``name``, ``lr``,
+    ``weight_decay`` and ``lr_multiplier``.
+    """
+    groups: dict[tuple[bool, float], dict[str, Any]] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            is_clip = module_name == "clip" or module_name.startswith("clip.")
+            decay = weight_decay
+            if isinstance(module, _NORM_TYPES):
+                decay = weight_decay_norm
+            elif isinstance(module, nn.Embedding):
+                decay = weight_decay_embed
+            key = (is_clip, decay)
+            if key not in groups:
+                multiplier = clip_lr_multiplier if is_clip else 1.0
+                groups[key] = {
+                    "name": ("clip" if is_clip else "head") + ("" if decay else "_no_decay"),
+                    "params": [],
+                    "lr": lr * multiplier,
+                    "weight_decay": decay,
+                    "lr_multiplier": multiplier,
+                }
+            groups[key]["params"].append(param)
+    return sorted(groups.values(), key=lambda g: g["name"])
+
+
+def build_optimizer(
+    model: LMSeg,
+    *,
+    lr: float,
+    weight_decay: float,
+    clip_lr_multiplier: float = 0.01,
+    weight_decay_norm: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`build_param_groups` (detectron2's ``ADAMW`` with torch defaults)."""
+    groups = build_param_groups(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip_lr_multiplier=clip_lr_multiplier,
+        weight_decay_norm=weight_decay_norm,
+    )
+    if not groups:
+        raise ValueError("the model has no trainable parameter")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class WarmupCosine:
+    """LR multiplier of detectron2's ``WarmupCosineLR``: optional linear warm-up, then
+    ``0.5·(1 + cos(π·t/T))`` from 1 at step 0 to 0 at step T (CAT-Seg: no warm-up).
+
+    A plain object (not a lambda), so :class:`torch.optim.lr_scheduler.LambdaLR` saves its
+    attributes in its state dict.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        warmup_steps: int = 0,
+        warmup_factor: float = 0.001,
+        cosine: bool = True,
+    ) -> None:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+        self.cosine = bool(cosine)
+
+    def __call__(self, step: int) -> float:
+        value = 1.0
+        if self.cosine:
+            t = min(step, self.total_steps) / self.total_steps
+            value = 0.5 * (1.0 + math.cos(math.pi * t))
+        if step < self.warmup_steps:
+            alpha = step / self.warmup_steps
+            value *= self.warmup_factor * (1 - alpha) + alpha
+        return value
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    schedule: str = "cosine",
+    warmup_steps: int = 0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule: ``"cosine"`` (:class:`WarmupCosine`) or ``"constant"``."""
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    fn = WarmupCosine(total_steps, warmup_steps, cosine=schedule == "cosine")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
