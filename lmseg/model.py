@@ -163,7 +163,8 @@ class LMSeg(nn.Module):
             index = select_classes(cost, self.top_k)
             cost = gather_classes(cost, index, dim=2)
             text = gather_classes(text, index, dim=1)
-        x = self.aggregator(self.cost_volume(cost), embedding, text)
+        # The cost embedding is this call's own temporary: aggregate it in place at inference.
+        x = self.aggregator(self.cost_volume(cost), embedding, text, inplace=True)
         logits = self.decoder(x, features.decoder_guidance)
         if index is not None:
             logits = scatter_classes(logits, index, num_classes)

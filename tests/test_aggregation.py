@@ -139,3 +139,20 @@ def test_decoder_chunking_is_exact_and_shapes():
         chunked = decoder(x, guidance)
     assert whole.shape == (2, 5, 24, 32)
     assert torch.equal(whole, chunked)
+
+
+def test_inplace_aggregation_equals_out_of_place():
+    from lmseg.aggregation import AggregationLayer, CostAggregator
+
+    layers = [AggregationLayer(spatial=SpatialAggregation(dim=16, guidance_dim=8, num_heads=2, window_size=4, class_chunk=2),
+                               classes=ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=8, token_chunk=64))
+              for _ in range(2)]
+    agg = _randomise(CostAggregator(layers=layers, embed_dim=12, appearance_guidance_dim=8, text_guidance_dim=8))
+    x, image, text = torch.randn(1, 5, 8, 8, 16), torch.randn(1, 12, 8, 8), torch.randn(1, 5, 3, 12)
+    with torch.no_grad():
+        copy = x.clone()
+        expected = agg(x, image, text)
+        assert torch.equal(x, copy)  # out of place by default
+        out = agg(x, image, text, inplace=True)
+    assert out.data_ptr() == x.data_ptr()
+    assert torch.equal(out, expected)

@@ -29,9 +29,15 @@ class AggregationLayer(nn.Module):
         x: torch.Tensor,
         appearance_guidance: torch.Tensor | None,
         text_guidance: torch.Tensor | None,
+        *,
+        inplace: bool = False,
     ) -> torch.Tensor:
-        """``x (B, K, h, w, C)``, guidance ``(B, h, w, Cg)`` and ``(B, K, Cg)`` -> ``(B, K, h, w, C)``."""
-        return self.classes(self.spatial(x, appearance_guidance), text_guidance)
+        """``x (B, K, h, w, C)``, guidance ``(B, h, w, Cg)`` and ``(B, K, Cg)`` -> ``(B, K, h, w, C)``.
+
+        ``inplace``: without autograd, update ``x`` itself (the caller owns it).
+        """
+        x = self.spatial(x, appearance_guidance, inplace=inplace)
+        return self.classes(x, text_guidance, inplace=inplace)
 
 
 class CostAggregator(nn.Module):
@@ -70,7 +76,12 @@ class CostAggregator(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, image_embedding: torch.Tensor, text_embedding: torch.Tensor
+        self,
+        x: torch.Tensor,
+        image_embedding: torch.Tensor,
+        text_embedding: torch.Tensor,
+        *,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """Aggregate.
 
@@ -78,6 +89,9 @@ class CostAggregator(nn.Module):
             x: embedded cost volume ``(B, K, h, w, C)``.
             image_embedding: (fused) dense image embedding ``(B, D, h, w)``.
             text_embedding: prompt embeddings of the K classes ``(B, K, P, D)``, L2-normalised.
+            inplace: without autograd, update ``x`` layer by layer instead of allocating new
+                K-sized tensors, so memory stays at one cost embedding (for callers that own
+                ``x``, as :class:`~lmseg.model.LMSeg` does).
 
         Returns:
             ``(B, K, h, w, C)``.
@@ -90,6 +104,7 @@ class CostAggregator(nn.Module):
         text = None
         if self.text_projection is not None:
             text = self.text_projection(F.normalize(text_embedding.mean(dim=2), dim=-1))
+        inplace = inplace and not torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, appearance, text)
+            x = layer(x, appearance, text, inplace=inplace)
         return x

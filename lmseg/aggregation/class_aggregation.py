@@ -154,12 +154,16 @@ class ClassAggregation(nn.Module):
         t = t + rearrange(out, "(b n) k h c -> b n k (h c)", b=t.shape[0])
         return t + self.mlp(self.norm2(t))
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, guidance: torch.Tensor | None, *, inplace: bool = False
+    ) -> torch.Tensor:
         """Aggregate across classes.
 
         Args:
             x: cost embedding ``(B, K, h, w, C)``.
             guidance: projected text guidance ``(B, K, Cg)`` or None.
+            inplace: without autograd, overwrite ``x`` chunk by chunk instead of allocating a
+                second K-sized tensor (for callers that own ``x``).
 
         Returns:
             ``(B, K, h, w, C)``: ``x + y`` where y is the attended (and, when pooled,
@@ -188,10 +192,10 @@ class ClassAggregation(nn.Module):
         step = max(1, self.token_chunk // (b * num_classes))
         if pool == 1 and n > step and not torch.is_grad_enabled():
             # Inference: write x + y chunk by chunk, never holding a full-size y.
-            out = torch.empty_like(x)
+            out = x if inplace else torch.empty_like(x)
             out_tokens = rearrange(out, "b k h w c -> b (h w) k c")
             for i in range(0, n, step):
-                chunk = tokens[:, i : i + step]
+                chunk = tokens[:, i : i + step]  # read before the same pixels are written
                 out_tokens[:, i : i + step] = chunk + self._attend(chunk, gq, gk, padding)
             return out
         if n <= step:

@@ -193,12 +193,16 @@ class SpatialAggregation(nn.Module):
         )
         self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, guidance: torch.Tensor | None, *, inplace: bool = False
+    ) -> torch.Tensor:
         """Aggregate every class's cost map spatially.
 
         Args:
             x: cost embedding ``(B, K, h, w, C)``.
             guidance: projected appearance guidance ``(B, h, w, Cg)`` or None.
+            inplace: without autograd, overwrite ``x`` chunk by chunk instead of allocating a
+                second K-sized tensor (for callers that own ``x``).
 
         Returns:
             ``(B, K, h, w, C)``, bit-for-bit independent of ``class_chunk``.
@@ -218,7 +222,7 @@ class SpatialAggregation(nn.Module):
             return run(x)
         if torch.is_grad_enabled():
             return torch.cat([run(x[:, i : i + step]) for i in range(0, num_classes, step)], 1)
-        out = torch.empty_like(x)
+        out = x if inplace else torch.empty_like(x)
         for i in range(0, num_classes, step):
-            out[:, i : i + step] = run(x[:, i : i + step])
+            out[:, i : i + step] = run(x[:, i : i + step])  # the chunk is read before it is written
         return out
