@@ -122,11 +122,14 @@ class ClassAggregation(nn.Module):
         if self.padding_tokens is None or missing <= 0:
             return None, None, 0
         d = self.dim
-        y = self.norm1(self.padding_tokens[0, 0])
+        # Functional forms: the token is a parameter, not an activation (module hooks such as
+        # torch's FLOP counter expect activations).
+        norm = self.norm1
+        y = F.layer_norm(self.padding_tokens[0, 0], norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         k = F.linear(y, self.k.weight[:, :d], self.k.bias)
         if with_guidance and self.padding_guidance is not None:
             k = k + F.linear(self.padding_guidance[0, 0], self.k.weight[:, d:])
-        v = self.v(y)
+        v = F.linear(y, self.v.weight, self.v.bias)
         heads = "(h c) -> 1 h c"  # one key/value, broadcast over every pixel
         return rearrange(k, heads, h=self.num_heads), rearrange(v, heads, h=self.num_heads), missing
 
