@@ -51,6 +51,25 @@ def shifted_window_mask(
     return _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
 
 
+@lru_cache(maxsize=16)
+def _window_order_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    index = torch.arange(h * w).view(h, w)
+    if shift:
+        index = torch.roll(index, shifts=(-shift, -shift), dims=(0, 1))
+    return rearrange(index, "(nh wh) (nw ww) -> (nh nw wh ww)", wh=window, ww=window)
+
+
+def window_order(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Token order of (shifted) window attention: the cyclic shift and the window partition
+    are one permutation of the h·w tokens.
+
+    Returns:
+        ``(h·w,)`` int64: the row-major index of the token at each slot, windows of
+        ``window²`` consecutive slots.
+    """
+    return _window_order_cpu(h, w, window, shift).to(device)
+
+
 class GuidedSwinBlock(nn.Module):
     """One Swin block whose queries and keys also see per-pixel appearance guidance.
 
@@ -90,67 +109,63 @@ class GuidedSwinBlock(nn.Module):
         """The class-independent part of Q and K: ``g @ W_gᵀ + b``.
 
         Args:
-            guidance: normalised appearance guidance ``(B, h, w, Cg)`` or None.
+            guidance: normalised appearance guidance ``(B, L, Cg)`` (tokens in any order) or None.
 
         Returns:
-            Two tensors ``(B, 1, h, w, C)`` (or ``(1, 1, 1, 1, C)`` biases without guidance).
+            Two tensors ``(B, 1, L, C)`` (or ``(1, 1, 1, C)`` biases without guidance).
         """
         d = self.dim
         if guidance is None or self.guidance_dim == 0:
-            return self.q.bias.view(1, 1, 1, 1, d), self.k.bias.view(1, 1, 1, 1, d)
+            return self.q.bias.view(1, 1, 1, d), self.k.bias.view(1, 1, 1, d)
         gq = F.linear(guidance, self.q.weight[:, d:], self.q.bias)
         gk = F.linear(guidance, self.k.weight[:, d:], self.k.bias)
         return gq.unsqueeze(1), gk.unsqueeze(1)
 
-    def forward(
-        self, x: torch.Tensor, guidance_q: torch.Tensor, guidance_k: torch.Tensor
-    ) -> torch.Tensor:
-        """Apply the block to a chunk of classes.
-
-        Args:
-            x: cost embedding ``(B, K, h, w, C)``.
-            guidance_q: query term from :meth:`guidance_terms`, ``(B, 1, h, w, C)``.
-            guidance_k: key term from :meth:`guidance_terms`, ``(B, 1, h, w, C)``.
-
-        Returns:
-            ``(B, K, h, w, C)``.
-        """
-        _, _, h, w, _ = x.shape
+    def geometry(self, h: int, w: int) -> tuple[int, int]:
+        """(window, shift) on an h×w grid: as CAT-Seg, a window covering the map is not shifted."""
         window = min(self.window_size, h, w)
-        # As CAT-Seg: a window that covers the whole map is not shifted.
         shift = self.shift_size if window < min(h, w) else 0
         if h % window or w % window:
             raise ValueError(f"feature grid {h}x{w} is not divisible by window size {window}")
+        return window, shift
 
+    def forward(
+        self,
+        x: torch.Tensor,
+        guidance_q: torch.Tensor,
+        guidance_k: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """Apply the block to a chunk of classes whose tokens are in this block's window order.
+
+        Every operation but the attention is per token, so the block runs entirely in the
+        order of :func:`window_order` (cyclic shift and partition applied once, by the caller,
+        as a single gather).
+
+        Args:
+            x: cost embedding ``(B, K, h·w, C)`` in window order.
+            guidance_q: query term of :meth:`guidance_terms` in the same order, ``(B, 1, h·w, C)``.
+            guidance_k: key term, likewise.
+            grid: (h, w).
+
+        Returns:
+            ``(B, K, h·w, C)`` in the same order.
+        """
+        b, k_classes, length, c = x.shape
+        window, shift = self.geometry(*grid)
+        n = window * window
         y = self.norm1(x)
         d = self.dim
         q = F.linear(y, self.q.weight[:, :d]) + guidance_q
         k = F.linear(y, self.k.weight[:, :d]) + guidance_k
         v = self.v(y)
-        if shift:
-            q, k, v = (torch.roll(t, shifts=(-shift, -shift), dims=(2, 3)) for t in (q, k, v))
 
-        def windows(t: torch.Tensor) -> torch.Tensor:
-            return rearrange(
-                t,
-                "b k (nh wh) (nw ww) (heads c) -> (b k) (nh nw) heads (wh ww) c",
-                wh=window,
-                ww=window,
-                heads=self.num_heads,
-            )
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B·K, nW, heads, N, c), a view
+            return t.view(b * k_classes, length // n, n, self.num_heads, -1).transpose(2, 3)
 
-        mask = shifted_window_mask(h, w, window, shift, x.device, q.dtype) if shift else None
-        out = softmax_attention(windows(q), windows(k), windows(v), mask)
-        out = rearrange(
-            out,
-            "(b k) (nh nw) heads (wh ww) c -> b k (nh wh) (nw ww) (heads c)",
-            b=x.shape[0],
-            nh=h // window,
-            wh=window,
-        )
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(2, 3))
-        x = x + self.proj(out)
+        mask = shifted_window_mask(*grid, window, shift, x.device, q.dtype) if shift else None
+        out = softmax_attention(heads(q), heads(k), heads(v), mask)
+        x = x + self.proj(out.transpose(2, 3).reshape(b, k_classes, length, c))
         return x + self.mlp(self.norm2(x))
 
 
@@ -207,14 +222,23 @@ class SpatialAggregation(nn.Module):
         Returns:
             ``(B, K, h, w, C)``, bit-for-bit independent of ``class_chunk``.
         """
+        h, w = x.shape[2:4]
         if guidance is not None and self.guidance_norm is not None:
-            guidance = self.guidance_norm(guidance)
-        terms = [block.guidance_terms(guidance) for block in self.blocks]
+            guidance = self.guidance_norm(guidance).flatten(1, 2)  # (B, h·w, Cg)
+        orders = [window_order(h, w, *block.geometry(h, w), x.device) for block in self.blocks]
+        terms = [
+            block.guidance_terms(None if guidance is None else guidance[:, order])
+            for block, order in zip(self.blocks, orders, strict=True)
+        ]
+        # Slot of every token in each order; chaining gathers moves between orders directly.
+        slots = [torch.argsort(order) for order in orders]
+        gathers = [orders[0]] + [slots[i - 1][orders[i]] for i in range(1, len(orders))]
 
         def run(chunk: torch.Tensor) -> torch.Tensor:
-            for block, (gq, gk) in zip(self.blocks, terms, strict=True):
-                chunk = block(chunk, gq, gk)
-            return chunk
+            t = chunk.flatten(2, 3)
+            for block, gather, (gq, gk) in zip(self.blocks, gathers, terms, strict=True):
+                t = block(t.index_select(2, gather), gq, gk, (h, w))
+            return t.index_select(2, slots[-1]).view(chunk.shape)
 
         num_classes = x.shape[1]
         step = max(1, self.class_chunk)
