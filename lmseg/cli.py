@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from lmseg.factory import describe_model, list_models
 
@@ -53,7 +54,7 @@ def _predict(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     images = list(args.images)
     for path in tqdm(images, desc="segmenting", disable=len(images) < 2 or args.quiet):
-        labels = segmenter.predict(path, classes)
+        labels = cast(np.ndarray, segmenter.predict(path, classes))
         pixels = (load_image(path).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         stem = Path(path).stem
         overlay(pixels, labels, classes).save(out / f"{stem}_overlay.png")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -182,7 +183,7 @@ def convert_catseg(
     source = catseg_state_dict(checkpoint)
     name = model or detect_variant(source)
     embed = source.get(AGG.replace("\\", "") + "conv1.weight")
-    overrides = {"num_prompts": int(embed.shape[1])} if embed is not None else {}
+    overrides: dict[str, Any] = {"num_prompts": int(embed.shape[1])} if embed is not None else {}
     lmseg_model = create_model(name, **overrides)
     state = convert_state_dict(source, lmseg_model.state_dict())
     lmseg_model.load_state_dict(state, strict=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from lmseg.aggregation.aggregator import AggregationLayer, CostAggregator
 from lmseg.aggregation.class_aggregation import ClassAggregation
@@ -20,7 +20,7 @@ from lmseg.cost_volume import CostVolume
 from lmseg.encoders.clip import CLIPEncoder, load_clip_model
 from lmseg.encoders.sam import build_sam_encoder
 from lmseg.fusion.sam_adapter import SAMAdapter
-from lmseg.fusion.weighted_fusion import WeightedFusion
+from lmseg.fusion.weighted_fusion import FusionMode, WeightedFusion
 from lmseg.model import LMSeg
 
 
@@ -150,17 +150,17 @@ _VITL = CLIPConfig(
 )
 _SAM_B = SAMConfig(variant="vit_b", image_size=1024)
 # LMSeg: template + three attribute sentences (P = 4), the revised paper's top-32 filtering.
-_LMSEG = dict(fusion=FusionConfig(), num_prompts=4, top_k=32)
+_LMSEG: dict[str, Any] = dict(fusion=FusionConfig(), num_prompts=4, top_k=32)
 # CAT-Seg: its single template (P = 1) and top-pad_len (256) filtering.
-_CATSEG = dict(num_prompts=1, top_k=256)
+_CATSEG: dict[str, Any] = dict(num_prompts=1, top_k=256)
 
 _REGISTRY: dict[str, ModelConfig] = {
     "lmseg_vitb16_samb": ModelConfig(name="lmseg_vitb16_samb", clip=_VITB, sam=_SAM_B, **_LMSEG),
     "lmseg_vitl14_samb": ModelConfig(
-        name="lmseg_vitl14_samb", clip=_VITL, sam=_SAM_B, **_LMSEG  # type: ignore[arg-type]
+        name="lmseg_vitl14_samb", clip=_VITL, sam=_SAM_B, **_LMSEG
     ),
-    "catseg_vitb16": ModelConfig(name="catseg_vitb16", clip=_VITB, **_CATSEG),  # type: ignore[arg-type]
-    "catseg_vitl14": ModelConfig(name="catseg_vitl14", clip=_VITL, **_CATSEG),  # type: ignore[arg-type]
+    "catseg_vitb16": ModelConfig(name="catseg_vitb16", clip=_VITB, **_CATSEG),
+    "catseg_vitl14": ModelConfig(name="catseg_vitl14", clip=_VITL, **_CATSEG),
     "lmseg_tiny": ModelConfig(
         name="lmseg_tiny", clip=_TINY_CLIP, sam=_TINY_SAM, aggregator=_TINY_AGGREGATOR,
         fusion=FusionConfig(hidden_dim=16), num_prompts=4, top_k=8,
@@ -255,7 +255,7 @@ def build_model(
         adapter = SAMAdapter(in_channels=sam.out_channels, embed_dim=d)
         f = config.fusion or FusionConfig()
         fusion = WeightedFusion(
-            mode=f.mode, embed_dim=d, grid=clip.grid_size, init=f.init, hidden_dim=f.hidden_dim  # type: ignore[arg-type]
+            mode=cast(FusionMode, f.mode), embed_dim=d, grid=clip.grid_size, init=f.init, hidden_dim=f.hidden_dim
         )
     layers = [
         AggregationLayer(

@@ -149,7 +149,9 @@ class ClassAggregation(nn.Module):
         heads = "b n k (h c) -> (b n) k h c"
         pad_k, pad_v, count = padding
         out = linear_attention(
-            *(rearrange(z, heads, h=self.num_heads) for z in (q, k, v)),
+            rearrange(q, heads, h=self.num_heads),
+            rearrange(k, heads, h=self.num_heads),
+            rearrange(v, heads, h=self.num_heads),
             extra_k=pad_k,
             extra_v=pad_v,
             extra_count=count,

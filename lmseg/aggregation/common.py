@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 AttentionBackend = Literal["sdpa", "xformers", "math"]
 _BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
-_backend: str = "sdpa"
+_backend: AttentionBackend = "sdpa"
 _xformers_ok: dict[str, bool] = {}
 
 
@@ -40,7 +40,7 @@ def set_attention_backend(name: AttentionBackend) -> None:
     _backend = name
 
 
-def get_attention_backend() -> str:
+def get_attention_backend() -> AttentionBackend:
     """The backend selected with :func:`set_attention_backend`."""
     return _backend
 

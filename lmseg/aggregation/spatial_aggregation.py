@@ -225,10 +225,11 @@ class SpatialAggregation(nn.Module):
         h, w = x.shape[2:4]
         if guidance is not None and self.guidance_norm is not None:
             guidance = self.guidance_norm(guidance).flatten(1, 2)  # (B, h·w, Cg)
-        orders = [window_order(h, w, *block.geometry(h, w), x.device) for block in self.blocks]
+        blocks: list[GuidedSwinBlock] = list(self.blocks)  # type: ignore[arg-type]
+        orders = [window_order(h, w, *block.geometry(h, w), x.device) for block in blocks]
         terms = [
             block.guidance_terms(None if guidance is None else guidance[:, order])
-            for block, order in zip(self.blocks, orders, strict=True)
+            for block, order in zip(blocks, orders, strict=True)
         ]
         # Slot of every token in each order; chaining gathers moves between orders directly.
         slots = [torch.argsort(order) for order in orders]
@@ -236,7 +237,7 @@ class SpatialAggregation(nn.Module):
 
         def run(chunk: torch.Tensor) -> torch.Tensor:
             t = chunk.flatten(2, 3)
-            for block, gather, (gq, gk) in zip(self.blocks, gathers, terms, strict=True):
+            for block, gather, (gq, gk) in zip(blocks, gathers, terms, strict=True):
                 t = block(t.index_select(2, gather), gq, gk, (h, w))
             return t.index_select(2, slots[-1]).view(chunk.shape)
 

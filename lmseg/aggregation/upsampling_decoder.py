@@ -177,7 +177,8 @@ class UpsamplingDecoder(nn.Module):
         Returns:
             Logits ``(B, K, 4h, 4w)``.
         """
-        terms = [stage.guidance_term(g) for stage, g in zip(self.stages, guidance, strict=True)]
+        stages: list[UpStage] = list(self.stages)  # type: ignore[arg-type]
+        terms = [stage.guidance_term(g) for stage, g in zip(stages, guidance, strict=True)]
         num_classes = x.shape[1]
         step = max(1, self.class_chunk)
         if num_classes <= step:

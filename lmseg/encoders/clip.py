@@ -65,10 +65,14 @@ class CLIPEncoder(nn.Module):
     Images are RGB float tensors in [0, 1]; the encoder owns resizing and normalisation.
     """
 
+    model: Any  # open_clip's CLIP: typed loosely, its towers are reached by attribute
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         *,
-        model: nn.Module,
+        model: Any,
         image_size: int | Sequence[int],
         guidance_layers: Sequence[int],
         tokenizer_name: str = "ViT-B-16",
@@ -80,8 +84,7 @@ class CLIPEncoder(nn.Module):
         self.image_size = _pair(image_size)
         self.guidance_layers = tuple(guidance_layers)
         self.tokenizer_name = tokenizer_name
-        visual = model.visual
-        depth = len(visual.transformer.resblocks)
+        depth = len(model.visual.transformer.resblocks)
         if any(not 0 <= i < depth - 1 for i in self.guidance_layers):
             raise ValueError(
                 f"guidance layers {self.guidance_layers} must lie in [0, {depth - 2}] "
@@ -140,7 +143,7 @@ class CLIPEncoder(nn.Module):
         return visual.ln_pre(visual.patch_dropout(x)), grid
 
     @staticmethod
-    def _dense_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _dense_block(block: Any, x: torch.Tensor) -> torch.Tensor:
         """CAT-Seg's dense last block on ``(B, 1 + L, width)`` tokens."""
         attn: nn.MultiheadAttention = block.attn
         width = x.shape[-1]

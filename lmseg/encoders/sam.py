@@ -46,6 +46,9 @@ class SAMEncoder(nn.Module):
         image_size: square input side (1024 in SAM).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, *, encoder: ImageEncoderViT, image_size: int) -> None:
         super().__init__()
         self.encoder = encoder

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -52,14 +52,10 @@ class WeightedFusion(nn.Module):
         self.weight_logit: nn.Parameter | None = None
         self.head: nn.Sequential | None = None
         if mode == "adaptive":
-            self.head = nn.Sequential(
-                nn.Conv2d(2 * embed_dim, hidden_dim, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(hidden_dim, 1, 1),
-            )
-            last = self.head[-1]
+            last = nn.Conv2d(hidden_dim, 1, 1)
             nn.init.zeros_(last.weight)
-            nn.init.constant_(last.bias, logit)
+            nn.init.constant_(cast(torch.Tensor, last.bias), logit)
+            self.head = nn.Sequential(nn.Conv2d(2 * embed_dim, hidden_dim, 3, padding=1), nn.ReLU(), last)
         else:
             shape = {"scalar": (1, 1, 1, 1), "channel": (1, embed_dim, 1, 1), "pixel": (1, 1, *grid)}
             self.weight_logit = nn.Parameter(torch.full(shape[mode], logit))

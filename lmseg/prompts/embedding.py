@@ -49,7 +49,10 @@ CACHE_FORMAT = 1  # bump when the cached layout or the embedding recipe changes
 class TextEncoder(Protocol):
     """What prompt embedding needs from a CLIP text tower (see ``lmseg.encoders.clip``)."""
 
-    context_length: int
+    @property
+    def context_length(self) -> int:
+        """Token positions of the text tower (77 for CLIP)."""
+        ...
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """``(N, context_length)`` int64 tokens (open_clip tokenizer)."""
