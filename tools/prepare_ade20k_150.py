@@ -18,13 +18,12 @@ Usage: ``python tools/prepare_ade20k_150.py [--root DIR] [--splits validation tr
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lmseg.data.datasets import dataset_root, preparation_parser
 
 SPLITS = ("validation", "training")
 
@@ -36,24 +35,12 @@ def convert_ade150_label(label: np.ndarray) -> np.ndarray:
     return label - np.uint8(1)  # uint8 arithmetic wraps 0 to 255
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS") or "datasets")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)",
-    )
+    parser = preparation_parser(__doc__)
     parser.add_argument("--splits", nargs="+", default=["validation"], choices=SPLITS)
     args = parser.parse_args(argv)
 
-    base = (args.root or default_root()) / "ADEChallengeData2016"
+    base = dataset_root(args.root) / "ADEChallengeData2016"
     for split in args.splits:
         src_dir = base / "annotations" / split
         if not src_dir.is_dir():

@@ -31,8 +31,6 @@ Usage: ``python tools/prepare_ade20k_847.py [--root DIR] [--splits validation]``
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -41,6 +39,8 @@ import tifffile
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from lmseg.data.datasets import dataset_root, preparation_parser
 
 DATASET_DIR = "ADE20K_2021_17_01"
 IGNORE_VALUE = 65535
@@ -188,24 +188,12 @@ def convert_sample(image_path: Path, image_out: Path, label_out: Path) -> None:
     tifffile.imwrite(label_out, convert_ade847_label(object_ids))
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS") or "datasets")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)",
-    )
+    parser = preparation_parser(__doc__)
     parser.add_argument("--splits", nargs="+", default=["validation"], choices=SPLITS)
     args = parser.parse_args(argv)
 
-    base = (args.root or default_root()) / DATASET_DIR
+    base = dataset_root(args.root) / DATASET_DIR
     for split in args.splits:
         src_dir = base / "images" / "ADE" / split
         if not src_dir.is_dir():

@@ -19,14 +19,14 @@ Usage: ``python tools/prepare_coco_stuff.py [--root DIR] [--splits val2017] [--w
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lmseg.data.datasets import dataset_root, preparation_parser
 
 # 0-based ids of COCO's unused thing categories (1-based 12, 26, 29, 30, 45, 66, 68, 69, 71, 83,
 # 91: "street sign", "hat", "shoe", ...), absent from COCO-Stuff's 171-class label space.
@@ -65,25 +65,13 @@ def _convert_pair(pair: tuple[Path, Path]) -> None:
     convert_file(*pair)
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS") or "datasets")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)",
-    )
+    parser = preparation_parser(__doc__)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     args = parser.parse_args(argv)
 
-    base = (args.root or default_root()) / "coco-stuff"
+    base = dataset_root(args.root) / "coco-stuff"
     for split in args.splits:
         src_dir = base / "annotations" / split
         if not src_dir.is_dir():

@@ -25,9 +25,7 @@ Usage: ``python tools/prepare_pascal_context.py [--root DIR] [--variant 59|459|b
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +34,8 @@ from typing import Any
 import numpy as np
 import tifffile
 from PIL import Image
+
+from lmseg.data.datasets import dataset_root, preparation_parser
 
 IGNORE_VALUE = 255
 # PC-459 label ids (1-based, as in labels.txt) of the 59 PC-59 classes, in increasing order; the
@@ -158,10 +158,6 @@ def pc459_label(label_map: np.ndarray) -> np.ndarray:
     return (label_map.astype(np.int64) - 1).astype(np.uint16)
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS") or "datasets")
-
-
 def prepare_pc59(voc: Path, json_path: Path) -> int:
     if not json_path.is_file():
         raise SystemExit(
@@ -227,15 +223,7 @@ def prepare_pc459(voc: Path, mat_dir: Path, val_list: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)",
-    )
+    parser = preparation_parser(__doc__)
     parser.add_argument("--variant", choices=["59", "459", "both"], default="both")
     parser.add_argument(
         "--json",
@@ -257,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    voc = (args.root or default_root()) / "VOCdevkit" / "VOC2010"
+    voc = dataset_root(args.root) / "VOCdevkit" / "VOC2010"
     if not (voc / "JPEGImages").is_dir():
         print(
             f"warning: {voc / 'JPEGImages'} is missing; the labels alone are not loadable",

@@ -22,13 +22,12 @@ Usage: ``python tools/prepare_voc.py [--root DIR] [--splits val]``
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lmseg.data.datasets import dataset_root, preparation_parser
 
 IGNORE_VALUE = 255
 BACKGROUND_INDEX = 20
@@ -53,20 +52,8 @@ def convert_voc_label(mask: np.ndarray, *, background: bool) -> np.ndarray:
     return _LUTS[background][mask]
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS") or "datasets")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets)",
-    )
+    parser = preparation_parser(__doc__)
     parser.add_argument("--splits", nargs="+", default=["val"], choices=["val", "train"])
     parser.add_argument(
         "--mask-dir",
@@ -75,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    voc = (args.root or default_root()) / "VOCdevkit" / "VOC2012"
+    voc = dataset_root(args.root) / "VOCdevkit" / "VOC2012"
     if args.mask_dir is not None:
         mask_dir = voc / args.mask_dir
     elif (voc / "SegmentationClassAug").is_dir():

@@ -11,6 +11,7 @@ label directory holds only the validation split while ``JPEGImages`` holds every
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,6 +245,20 @@ def dataset_root(root: str | os.PathLike[str] | None = None) -> Path:
     if root is None:
         root = os.environ.get(ROOT_ENV_VAR) or DEFAULT_ROOT
     return Path(root).expanduser().absolute()
+
+
+def preparation_parser(description: str | None) -> argparse.ArgumentParser:
+    """The argument parser shared by the ``tools/prepare_*.py`` scripts (``--root``)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help=f"dataset root (default: ${ROOT_ENV_VAR}, else ./{DEFAULT_ROOT})",
+    )
+    return parser
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
