@@ -173,8 +173,9 @@ def _format(row: dict) -> str:
     if not hasattr(_format, "printed"):
         print(HEADER)
         _format.printed = True  # type: ignore[attr-defined]
-    peak = row["peak_rss_mb"] or float("nan")
-    above = row["peak_above_start_mb"] or float("nan")
+    nan = float("nan")
+    peak = nan if row["peak_rss_mb"] is None else row["peak_rss_mb"]
+    above = nan if row["peak_above_start_mb"] is None else row["peak_above_start_mb"]
     return (f"{row['classes']:>5} {row['mode']:>8} {row['precision']:>5} {str(row['compiled']):>5} "
             f"{row['time_s']:>8.2f} {row['gflop']:>8.1f} {row['gflops_per_s']:>8.1f} "
             f"{row['floor_s']:>8.2f} {row['time_over_floor']:>7.2f} {peak:>8.0f} {above:>7.0f}")
