@@ -14,7 +14,7 @@ ARGS = {
     "compose_blocks.py": None,
     "swap_fusion.py": None,
     "prompt_bank.py": None,
-    "synthetic_zero_shot.py": ["--smoke"],
+    "synthetic_zero_shot.py": ["--quick", "--steps", "3", "--no-progress", "--out", "out"],
 }
 
 
