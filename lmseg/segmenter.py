@@ -42,14 +42,50 @@ class SlidingWindow:
     window: int = 384
     overlap: float = 0.333
 
+    @property
+    def stride(self) -> int:
+        """Step between windows (256 px for CAT-Seg's settings)."""
+        return int(self.window * (1 - self.overlap))
+
     def __post_init__(self) -> None:
-        stride = int(self.window * (1 - self.overlap))
+        stride = self.stride
         if not 0 < self.window <= self.resize or stride < 1 or (self.resize - self.window) % stride:
             raise ValueError(
                 f"sliding windows of {self.window} px with overlap {self.overlap} (stride {stride}) "
                 f"do not tile a {self.resize} px image; pick sizes with "
                 "(resize - window) divisible by the stride"
             )
+
+    def views(self, image: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W)`` or ``(1, 3, H, W)`` -> ``(n + 1, 3, window, window)``: the windows of the
+        image resized to ``resize``², then the whole image resized to ``window``² (global view)."""
+        image = image.reshape(1, *image.shape[-3:])
+        side, kernel = self.resize, self.window
+        resized = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
+        crops = rearrange(
+            F.unfold(resized, kernel_size=kernel, stride=self.stride),
+            "1 (c h w) n -> n c h w",
+            c=3,
+            h=kernel,
+        )
+        global_view = F.interpolate(image, size=(kernel, kernel), mode="bilinear", align_corners=False)
+        return torch.cat([crops, global_view])
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of :meth:`views` ``(n + 1, K, 4h, 4w)`` -> probabilities ``(K, resize, resize)``.
+
+        Sigmoid probabilities of the windows, upsampled to the window size, are averaged where
+        windows overlap, then averaged with the upsampled global view (CAT-Seg).
+        """
+        side, kernel, stride = self.resize, self.window, self.stride
+        part = F.interpolate(logits, size=(kernel, kernel), mode="bilinear", align_corners=False)
+        part = part.sigmoid()
+        ones = torch.ones(1, 1, side, side, device=logits.device)
+        coverage = F.fold(F.unfold(ones, kernel, stride=stride), (side, side), kernel, stride=stride)
+        windows = rearrange(part[:-1], "n k h w -> 1 (k h w) n")
+        folded = F.fold(windows, (side, side), kernel, stride=stride)[0] / coverage[0]
+        whole = F.interpolate(part[-1:], size=(side, side), mode="bilinear", align_corners=False)[0]
+        return (folded + whole) / 2
 
 
 class Segmenter:
@@ -144,30 +180,12 @@ class Segmenter:
         with torch.no_grad(), self._autocast():
             if not sliding:
                 return self.model(image, text)[0].float().sigmoid()
-            w = self.window
-            side, kernel = w.resize, w.window
-            stride = int(kernel * (1 - w.overlap))
-            resized = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
-            crops = rearrange(
-                F.unfold(resized, kernel_size=kernel, stride=stride),
-                "1 (c h w) n -> n c h w",
-                c=3,
-                h=kernel,
-            )
-            global_view = F.interpolate(image, size=(kernel, kernel), mode="bilinear", align_corners=False)
-            logits = self.model(torch.cat([crops, global_view]), text).float()
-        # Combine per class chunk so the (K, side, side) maps are never all alive at once.
-        num_classes = text.shape[0]
-        out = torch.empty(num_classes, side, side, device=logits.device)
-        ones = torch.ones(1, 1, side, side, device=logits.device)
-        coverage = F.fold(F.unfold(ones, kernel, stride=stride), (side, side), kernel, stride=stride)
-        for i in range(0, num_classes, self.class_chunk):
-            part = logits[:, i : i + self.class_chunk]
-            part = F.interpolate(part, size=(kernel, kernel), mode="bilinear", align_corners=False).sigmoid()
-            windows = rearrange(part[:-1], "n k h w -> 1 (k h w) n")
-            folded = F.fold(windows, (side, side), kernel, stride=stride)[0] / coverage[0]
-            whole = F.interpolate(part[-1:], size=(side, side), mode="bilinear", align_corners=False)[0]
-            out[i : i + self.class_chunk] = (folded + whole) / 2
+            logits = self.model(self.window.views(image), text).float()
+        # Combine per class chunk so the per-window maps of all K classes are never alive at once.
+        side = self.window.resize
+        out = torch.empty(logits.shape[1], side, side, device=logits.device)
+        for i in range(0, logits.shape[1], self.class_chunk):
+            out[i : i + self.class_chunk] = self.window.combine(logits[:, i : i + self.class_chunk])
         return out
 
     def predict(

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from einops import rearrange
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lmseg.data.datasets import DatasetNotFoundError, SegmentationDataset, get_dataset_spec
@@ -179,54 +178,6 @@ def _collate(batch: list[Any]) -> list[Any]:
     return batch
 
 
-def _sliding_views(image: torch.Tensor, resize: int, kernel: int, stride: int) -> torch.Tensor:
-    """``(3, H, W)`` -> ``(n + 1, 3, kernel, kernel)``: the windows, then the global view."""
-    image = image[None]
-    resized = F.interpolate(image, size=(resize, resize), mode="bilinear", align_corners=False)
-    crops = rearrange(
-        F.unfold(resized, kernel_size=kernel, stride=stride),
-        "1 (c h w) n -> n c h w",
-        c=3,
-        h=kernel,
-    )
-    global_view = F.interpolate(image, size=(kernel, kernel), mode="bilinear", align_corners=False)
-    return torch.cat([crops, global_view])
-
-
-def _chunk_probabilities(
-    logits: torch.Tensor,
-    start: int,
-    stop: int,
-    sliding: bool,
-    resize: int,
-    kernel: int,
-    stride: int,
-) -> torch.Tensor:
-    """Probabilities of classes ``[start, stop)`` at model resolution, as :class:`Segmenter`.
-
-    Args:
-        logits: one image's logits: ``(n + 1, K, 4h, 4w)`` views when sliding, else
-            ``(1, K, 4h, 4w)``.
-
-    Returns:
-        ``(stop − start, h', w')``.
-    """
-    part = logits[:, start:stop]
-    if not sliding:
-        return part[0].sigmoid()
-    part = F.interpolate(
-        part, size=(kernel, kernel), mode="bilinear", align_corners=False
-    ).sigmoid()
-    ones = torch.ones(1, 1, resize, resize, device=logits.device)
-    coverage = F.fold(
-        F.unfold(ones, kernel, stride=stride), (resize, resize), kernel, stride=stride
-    )
-    windows = rearrange(part[:-1], "n k h w -> 1 (k h w) n")
-    folded = F.fold(windows, (resize, resize), kernel, stride=stride)[0] / coverage[0]
-    whole = F.interpolate(part[-1:], size=(resize, resize), mode="bilinear", align_corners=False)[0]
-    return (folded + whole) / 2
-
-
 def _labels_from_logits(
     logits: torch.Tensor,
     size: tuple[int, int],
@@ -234,13 +185,12 @@ def _labels_from_logits(
     segmenter: Segmenter,
 ) -> torch.Tensor:
     """Arg-max labels ``(H, W)`` of one image's logits, chunk by chunk over classes."""
-    w = segmenter.window
-    stride = int(w.window * (1 - w.overlap))
     chunk = segmenter.class_chunk
     labels = torch.zeros(size, dtype=torch.int64, device=logits.device)
     best = torch.full(size, -1.0, device=logits.device)
     for i in range(0, logits.shape[1], chunk):
-        probs = _chunk_probabilities(logits, i, i + chunk, sliding, w.resize, w.window, stride)
+        part = logits[:, i : i + chunk]
+        probs = segmenter.window.combine(part) if sliding else part[0].sigmoid()
         up = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         value, index = up.max(dim=0)
         better = value > best
@@ -292,9 +242,7 @@ def predict_labels(
     )
     per_image: list[torch.Tensor] = [torch.empty(0)] * len(images)
     if sliding:
-        w = segmenter.window
-        stride = int(w.window * (1 - w.overlap))
-        views = [_sliding_views(im, w.resize, w.window, stride) for im in images]
+        views = [segmenter.window.views(im) for im in images]
         with autocast:
             logits = model(torch.cat(views), text).float()
         for i, part in enumerate(logits.split([len(v) for v in views])):
@@ -355,14 +303,9 @@ def evaluate(
         cache_dir=text_cache_dir,
         class_chunk=options.class_chunk,
     )
-    segmenter.window = SlidingWindow(
-        resize=options.window_resize, window=options.window_size, overlap=options.window_overlap
-    )
-    stride = int(options.window_size * (1 - options.window_overlap))
-    if options.sliding_window and (options.window_resize - options.window_size) % stride:
-        raise ValueError(
-            f"sliding windows of {options.window_size} px with stride {stride} do not tile a "
-            f"{options.window_resize} px image exactly"
+    if options.sliding_window:  # SlidingWindow refuses windows that do not tile the image
+        segmenter.window = SlidingWindow(
+            resize=options.window_resize, window=options.window_size, overlap=options.window_overlap
         )
     text = segmenter.text_embeddings(load_vocabulary(spec.vocabulary))
     device = segmenter.device
