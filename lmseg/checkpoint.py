@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lmseg.io import atomic_write
 from lmseg.model import LMSeg
 
 CONFIG_KEY = "lmseg_config"
@@ -26,20 +26,6 @@ FORMAT_VERSION = "1"
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable or does not fit the model."""
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _model_state(model: LMSeg) -> dict[str, torch.Tensor]:

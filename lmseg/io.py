@@ -9,7 +9,8 @@ with the image as viewers show it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,18 @@ def validate_classes(classes: Sequence[str], *, max_classes: int = MAX_CLASSES) 
     if duplicates:
         raise ValueError(f"duplicate class names: {', '.join(duplicates[:10])}")
     return names
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)`` then rename the result onto ``path`` atomically: readers see the
+    old file or the new one, never half of one, and a failed write leaves no temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

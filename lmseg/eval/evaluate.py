@@ -349,7 +349,7 @@ def evaluate(
 
 def write_result(result: EvalResult, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``DATASET.json`` (metrics, per-class IoU) and ``DATASET.txt`` (the table)."""
-    from lmseg.checkpoint import atomic_write
+    from lmseg.io import atomic_write
 
     out = Path(out_dir)
     text = json.dumps(result.to_json(), indent=2)
@@ -400,7 +400,7 @@ def evaluate_sweep(
         if out_dir is not None:
             write_result(result, out_dir)
     if out_dir is not None:
-        from lmseg.checkpoint import atomic_write
+        from lmseg.io import atomic_write
 
         summary = {
             name: (None if r is None else results_to_json(r.metrics, r.class_names))

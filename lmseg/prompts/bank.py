@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +35,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from lmseg.io import atomic_write
 from lmseg.prompts.templates import (
     CATSEG_TEMPLATE,
     CONTEXT_LENGTH,
@@ -216,7 +216,8 @@ class PromptBank:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the bank as UTF-8 JSON, atomically (temporary file + ``os.replace``)."""
-        atomic_write_text(Path(path), self.to_json())
+        text = self.to_json()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> PromptBank:
@@ -242,20 +243,6 @@ class PromptBank:
 
 def _copy_value(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

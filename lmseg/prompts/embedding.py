@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from lmseg.io import atomic_write
 from lmseg.prompts.compose import PromptSlot
 from lmseg.prompts.templates import clip_tokenizer, count_tokens
 
@@ -306,14 +306,6 @@ def _write_cache(path: Path, emb: torch.Tensor, n_classes: int, n_prompts: int) 
 
     meta = {"format": str(CACHE_FORMAT), "K": str(n_classes), "P": str(n_prompts)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"embeddings": emb}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: save_file({"embeddings": emb}, tmp, metadata=meta))
     except OSError as e:  # a read-only cache must not break inference
         logger.warning("could not write text-embedding cache %s: %s", path, e)

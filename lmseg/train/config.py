@@ -401,7 +401,7 @@ def config_to_yaml(config: TrainConfig) -> str:
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write a config as YAML, atomically."""
-    from lmseg.checkpoint import atomic_write
+    from lmseg.io import atomic_write
 
     text = config_to_yaml(config)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -37,7 +37,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from lmseg.checkpoint import atomic_write, load_weights, save_model
+from lmseg.checkpoint import load_weights, save_model
+from lmseg.io import atomic_write
 from lmseg.model import LMSeg
 from lmseg.prompts import prompts_for
 from lmseg.prompts.compose import PromptSlot
