@@ -16,7 +16,7 @@ own output does not grow with the vocabulary unless probabilities are requested.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -86,6 +86,42 @@ class SlidingWindow:
         folded = F.fold(windows, (side, side), kernel, stride=stride)[0] / coverage[0]
         whole = F.interpolate(part[-1:], size=(side, side), mode="bilinear", align_corners=False)[0]
         return (folded + whole) / 2
+
+
+def upsampled_argmax(
+    probabilities: Iterable[torch.Tensor],
+    size: tuple[int, int],
+    *,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Arg-max over classes of per-class maps upsampled to ``size``, one class chunk at a time.
+
+    Only one chunk is ever upsampled at once, so memory does not grow with K (unless ``keep``
+    asks for every upsampled map).
+
+    Args:
+        probabilities: consecutive class chunks ``(k, h', w')`` covering classes 0..K-1 in order.
+        size: (H, W) of the output.
+        keep: optional ``(K, H, W)`` buffer filled with the upsampled maps.
+
+    Returns:
+        ``(H, W)`` int64 class indices (the first class wins ties).
+    """
+    labels = torch.zeros(size, dtype=torch.int64)
+    best = torch.full(size, -1.0)
+    start = 0
+    for part in probabilities:
+        up = F.interpolate(part[None], size=size, mode="bilinear", align_corners=False)[0]
+        if start == 0:
+            labels, best = labels.to(up.device), best.to(up.device)
+        value, index = up.max(dim=0)
+        better = value > best
+        best = torch.where(better, value, best)
+        labels = torch.where(better, index + start, labels)
+        if keep is not None:
+            keep[start : start + part.shape[0]] = up
+        start += part.shape[0]
+    return labels
 
 
 class Segmenter:
@@ -212,20 +248,10 @@ class Segmenter:
         text = self.text_embeddings(classes)
         sliding = self.sliding_window if sliding_window is None else sliding_window
         probs = self._probabilities(pixels, text, sliding)
-        size = tuple(pixels.shape[-2:])
-        labels = torch.empty(size, dtype=torch.int32)
-        best = torch.full(size, -1.0)
+        size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
         full = torch.empty(probs.shape[0], *size) if return_probabilities else None
-        for i in range(0, probs.shape[0], self.class_chunk):
-            part = F.interpolate(
-                probs[None, i : i + self.class_chunk], size=size, mode="bilinear", align_corners=False
-            )[0].cpu()
-            value, index = part.max(dim=0)
-            better = value > best
-            best = torch.where(better, value, best)
-            labels = torch.where(better, index.to(torch.int32) + i, labels)
-            if full is not None:
-                full[i : i + self.class_chunk] = part
+        chunks = probs.split(self.class_chunk)
+        labels = upsampled_argmax(chunks, size, keep=full).to(torch.int32).cpu()
         if full is not None:
             return labels.numpy(), full.numpy()
         return labels.numpy()

@@ -34,14 +34,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lmseg.data.datasets import DatasetNotFoundError, SegmentationDataset, get_dataset_spec
 from lmseg.data.transforms import resize_image, shortest_edge_size
 from lmseg.eval.metrics import SegmentationMetrics, format_table, results_to_json
 from lmseg.model import LMSeg
-from lmseg.segmenter import Precision, Segmenter, SlidingWindow
+from lmseg.segmenter import Precision, Segmenter, SlidingWindow, upsampled_argmax
 from lmseg.vocabularies import load_vocabulary
 
 __all__ = [
@@ -185,18 +184,11 @@ def _labels_from_logits(
     segmenter: Segmenter,
 ) -> torch.Tensor:
     """Arg-max labels ``(H, W)`` of one image's logits, chunk by chunk over classes."""
-    chunk = segmenter.class_chunk
-    labels = torch.zeros(size, dtype=torch.int64, device=logits.device)
-    best = torch.full(size, -1.0, device=logits.device)
-    for i in range(0, logits.shape[1], chunk):
-        part = logits[:, i : i + chunk]
-        probs = segmenter.window.combine(part) if sliding else part[0].sigmoid()
-        up = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-        value, index = up.max(dim=0)
-        better = value > best
-        best = torch.where(better, value, best)
-        labels = torch.where(better, index + i, labels)
-    return labels
+    chunks = (
+        segmenter.window.combine(part) if sliding else part[0].sigmoid()
+        for part in logits.split(segmenter.class_chunk, dim=1)
+    )
+    return upsampled_argmax(chunks, size)
 
 
 def _same_size_groups(images: Sequence[torch.Tensor]) -> Iterator[list[int]]:
