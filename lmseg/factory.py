@@ -72,8 +72,8 @@ class AggregatorConfig:
     decoder_dims: tuple[int, int] = (64, 32)
     decoder_guidance_dims: tuple[int, int] = (256, 128)
     decoder_guidance_proj_dims: tuple[int, int] = (32, 16)
-    class_chunk: int = 32
-    token_chunk: int = 32768
+    class_chunk: int = 8
+    token_chunk: int = 4096
 
 
 @dataclass

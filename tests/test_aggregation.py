@@ -126,7 +126,7 @@ def test_linear_attention_accumulates_in_fp32_under_autocast():
     torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
 
 
-def test_decoder_chunking_is_exact_and_shapes():
+def test_decoder_chunking_changes_only_rounding_and_shapes():
     decoder = _randomise(UpsamplingDecoder(dim=32, clip_width=24, guidance_dims=(32, 16),
                                            guidance_proj_dims=(16, 8), decoder_dims=(32, 16)))
     taps = [torch.randn(2, 24, 6, 8), torch.randn(2, 24, 6, 8)]
@@ -138,7 +138,8 @@ def test_decoder_chunking_is_exact_and_shapes():
         decoder.class_chunk = 2
         chunked = decoder(x, guidance)
     assert whole.shape == (2, 5, 24, 32)
-    assert torch.equal(whole, chunked)
+    # Channels-last GroupNorm sums in a batch-size-dependent order: equal up to rounding.
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
 
 
 def test_inplace_aggregation_equals_out_of_place():

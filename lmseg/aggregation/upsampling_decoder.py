@@ -6,6 +6,11 @@ one logit per class. The guidance path (transposed convs of the CLIP block outpu
 2h and 128 ch at 4h, then 3×3 conv + ReLU to 32 and 16 ch) is class-independent: it runs once
 per image, and so is its share of each stage's first conv; classes run in chunks so peak memory
 does not grow with K.
+
+Everything runs in channels-last (NHWC) layout, which is the cost embedding's own layout
+``(B, K, h, w, C)``: oneDNN's NHWC convolutions are 1.1-7x faster on CPU than NCHW for these
+narrow layers. Channels-last GroupNorm sums in an order that depends on the batch size, so class
+chunking changes results by float rounding only (~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -50,12 +55,9 @@ class DoubleConv(nn.Module):
             x = self.conv1(x)
         else:
             x = F.conv2d(x, self.conv1.weight[:, : x.shape[1]], padding=1)
-            x = (x.unflatten(0, (extra.shape[0], -1)) + extra.unsqueeze(1).to(x.dtype)).flatten(0, 1)
-        # GroupNorm's channels-last kernel sums in an order that depends on the batch size;
-        # the NCHW kernel does not, which keeps class chunking bit-exact.
-        x = x.contiguous()
+            x.unflatten(0, (extra.shape[0], -1)).add_(extra.unsqueeze(1).to(x.dtype))
         x = self.act(self.norm1(x))
-        return self.act(self.norm2(self.conv2(x).contiguous()))
+        return self.act(self.norm2(self.conv2(x)))
 
 
 class UpStage(nn.Module):
@@ -80,7 +82,8 @@ class UpStage(nn.Module):
         if guidance is None:
             return None
         up_channels = self.up.out_channels
-        return F.conv2d(guidance, self.conv.conv1.weight[:, up_channels:], padding=1)
+        term = F.conv2d(guidance, self.conv.conv1.weight[:, up_channels:], padding=1)
+        return term.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, guidance_term: torch.Tensor | None) -> torch.Tensor:
         """``x (B·K, C_in, H, W)`` and :meth:`guidance_term` -> ``(B·K, C_out, 2H, 2W)``.
@@ -101,7 +104,7 @@ class UpsamplingDecoder(nn.Module):
         guidance_dims: channels of the upsampled CLIP guidance ((256, 128)).
         guidance_proj_dims: channels after the 3×3 guidance projections ((32, 16)).
         decoder_dims: output channels of the two stages ((64, 32)).
-        class_chunk: classes decoded together; bounds memory, does not change results.
+        class_chunk: classes decoded together; bounds memory, changes results only by float rounding.
     """
 
     def __init__(
