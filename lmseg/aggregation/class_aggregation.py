@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp
+from lmseg.aggregation.common import Mlp, add_mlp_residual_
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -202,8 +202,7 @@ class ClassAggregation(nn.Module):
             t = t + out
             return t + self.mlp(self.norm2(t))
         t += out
-        t += self.mlp(self.norm2(t))
-        return t
+        return add_mlp_residual_(t, self.norm2, self.mlp)
 
     def forward(
         self, x: torch.Tensor, guidance: torch.Tensor | None, *, inplace: bool = False

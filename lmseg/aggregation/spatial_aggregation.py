@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp, softmax_attention
+from lmseg.aggregation.common import Mlp, add_mlp_residual_, softmax_attention
 
 # CAT-Seg's additive mask value between tokens of different sub-windows after the cyclic shift.
 SHIFT_MASK_VALUE = -100.0
@@ -135,6 +135,8 @@ class GuidedSwinBlock(nn.Module):
         guidance_q: torch.Tensor,
         guidance_k: torch.Tensor,
         grid: tuple[int, int],
+        *,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """Apply the block to a chunk of classes whose tokens are in this block's window order.
 
@@ -147,6 +149,7 @@ class GuidedSwinBlock(nn.Module):
             guidance_q: query term of :meth:`guidance_terms` in the same order, ``(B, 1, h·w, C)``.
             guidance_k: key term, likewise.
             grid: (h, w).
+            inplace: without autograd, add the residuals into ``x`` (the caller owns it).
 
         Returns:
             ``(B, K, h·w, C)`` in the same order.
@@ -156,8 +159,12 @@ class GuidedSwinBlock(nn.Module):
         n = window * window
         y = self.norm1(x)
         d = self.dim
-        q = F.linear(y, self.q.weight[:, :d]) + guidance_q
-        k = F.linear(y, self.k.weight[:, :d]) + guidance_k
+        if inplace:
+            q = F.linear(y, self.q.weight[:, :d]).add_(guidance_q)
+            k = F.linear(y, self.k.weight[:, :d]).add_(guidance_k)
+        else:
+            q = F.linear(y, self.q.weight[:, :d]) + guidance_q
+            k = F.linear(y, self.k.weight[:, :d]) + guidance_k
         v = self.v(y)
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B·K, nW, heads, N, c), a view
@@ -165,8 +172,12 @@ class GuidedSwinBlock(nn.Module):
 
         mask = shifted_window_mask(*grid, window, shift, x.device, q.dtype) if shift else None
         out = softmax_attention(heads(q), heads(k), heads(v), mask)
-        x = x + self.proj(out.transpose(2, 3).reshape(b, k_classes, length, c))
-        return x + self.mlp(self.norm2(x))
+        out = self.proj(out.transpose(2, 3).reshape(b, k_classes, length, c))
+        if not inplace:
+            x = x + out
+            return x + self.mlp(self.norm2(x))
+        x += out
+        return add_mlp_residual_(x, self.norm2, self.mlp)
 
 
 class SpatialAggregation(nn.Module):
@@ -235,10 +246,13 @@ class SpatialAggregation(nn.Module):
         slots = [torch.argsort(order) for order in orders]
         gathers = [orders[0]] + [slots[i - 1][orders[i]] for i in range(1, len(orders))]
 
+        inplace_blocks = not torch.is_grad_enabled()
+
         def run(chunk: torch.Tensor) -> torch.Tensor:
             t = chunk.flatten(2, 3)
             for block, gather, (gq, gk) in zip(blocks, gathers, terms, strict=True):
-                t = block(t.index_select(2, gather), gq, gk, (h, w))
+                # The gather makes a fresh tensor, which the block may then update in place.
+                t = block(t.index_select(2, gather), gq, gk, (h, w), inplace=inplace_blocks)
             return t.index_select(2, slots[-1]).view(chunk.shape)
 
         num_classes = x.shape[1]
