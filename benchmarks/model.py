@@ -15,11 +15,13 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 BLOCKS = ("clip", "sam", "sam_adapter", "fusion", "cost_volume", "aggregator", "decoder")
 

@@ -9,6 +9,7 @@ from lmseg.aggregation.common import (
     set_attention_backend,
     softmax_attention,
 )
+from lmseg.aggregation.compile import compile_blocks
 from lmseg.aggregation.spatial_aggregation import GuidedSwinBlock, SpatialAggregation
 from lmseg.aggregation.upsampling_decoder import UpsamplingDecoder
 
@@ -20,6 +21,7 @@ __all__ = [
     "SpatialAggregation",
     "UpsamplingDecoder",
     "attention_backend",
+    "compile_blocks",
     "get_attention_backend",
     "linear_attention",
     "set_attention_backend",

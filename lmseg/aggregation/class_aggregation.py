@@ -35,10 +35,19 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(max=0).exp_().add_(x.clamp(min=0))
 
 
-@lru_cache(maxsize=8)
-def _head_mask_cpu(heads: int, dim: int) -> torch.Tensor:
-    block = torch.arange(heads * dim) // dim
+def _head_mask(heads: int, dim: int, device: torch.device) -> torch.Tensor:
+    """``(C, C)`` float: 1 where row and column belong to the same head."""
+    if torch.compiler.is_compiling():
+        return _block_diagonal(heads, dim, device)
+    return _cached_block_diagonal(heads, dim, torch.device(device))
+
+
+def _block_diagonal(heads: int, dim: int, device: torch.device) -> torch.Tensor:
+    block = torch.arange(heads * dim, device=device) // dim
     return (block[:, None] == block[None, :]).float()
+
+
+_cached_block_diagonal = lru_cache(maxsize=8)(_block_diagonal)
 
 
 def linear_attention(
@@ -86,7 +95,7 @@ def linear_attention(
             ek = elu_feature_map(extra_k.reshape(-1, c).float())
             kv = kv + extra_count * (ek[:, :, None] * extra_v.reshape(-1, c).float()[:, None, :])
             k_sum = k_sum + extra_count * ek
-        mask = _head_mask_cpu(heads, d).to(kv.device)
+        mask = _head_mask(heads, d, kv.device)
         # Columns C..C+heads hold k_sum masked to each head: φ(q) times them is the normaliser.
         state = torch.cat([kv * mask, k_sum[:, :, None] * mask[:, ::d]], dim=2)  # (N, C, C + heads)
         out = torch.bmm(fq, state)

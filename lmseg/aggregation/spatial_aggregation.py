@@ -25,8 +25,7 @@ from lmseg.aggregation.common import Mlp, add_mlp_residual_, softmax_attention
 SHIFT_MASK_VALUE = -100.0
 
 
-@lru_cache(maxsize=16)
-def _shift_mask_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
     labels = torch.zeros(h, w)
     region = 0
     for rows in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
@@ -42,13 +41,23 @@ def _shift_mask_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 def shifted_window_mask(
     h: int, w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Additive attention mask of shifted-window attention, computed once per shape.
+    """Additive attention mask of shifted-window attention, computed once per shape and device.
 
     Returns:
         ``(nW, 1, N, N)`` with nW = (h/window)·(w/window), N = window², 0 inside a sub-window
         and −100 across sub-windows that the cyclic shift made neighbours.
     """
-    return _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
+    if torch.compiler.is_compiling():  # a constant of the graph; no cache inside compiled code
+        return _shift_mask(h, w, window, shift).to(device=device, dtype=dtype)
+    return _cached_shift_mask(h, w, window, shift, torch.device(device), dtype)
+
+
+@lru_cache(maxsize=32)
+def _cached_shift_mask(
+    h: int, w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    # Cached per device as well: no host-to-device copy per chunk on GPUs.
+    return _shift_mask(h, w, window, shift).to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=16)

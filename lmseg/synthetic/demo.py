@@ -62,6 +62,7 @@ __all__ = [
     "batch_loss",
     "build_demo_model",
     "class_prompts",
+    "eval_sets",
     "evaluate",
     "format_table",
     "make_world",
@@ -522,7 +523,7 @@ def reference_levels(
     return out
 
 
-def _eval_sets(settings: DemoSettings, world: SyntheticWorld) -> dict[str, tuple[Any, ...]]:
+def eval_sets(settings: DemoSettings, world: SyntheticWorld) -> dict[str, tuple[Any, ...]]:
     """The fixed evaluation scenes: name → (class ids, images, labels)."""
     s = settings.world_seed
     return {
@@ -558,7 +559,7 @@ def _run_job(
     train_time = time.perf_counter() - start
     result: dict[str, Any] = {"row": key, "seed": seed}
     predictions = torch.zeros(0)
-    for split, (ids, images, labels) in _eval_sets(settings, world).items():
+    for split, (ids, images, labels) in eval_sets(settings, world).items():
         scores = evaluate(model, world, ids, images, labels, row.prompts)
         result[f"{split}_mIoU"] = scores["mIoU"]
         result[f"{split}_background_IoU"] = scores["background_IoU"]
@@ -770,7 +771,7 @@ def run_demo(
     start = time.perf_counter()
     world = make_world(settings)
     runs = _run_all(settings, show_progress)
-    sets = _eval_sets(settings, world)
+    sets = eval_sets(settings, world)
     reference = {
         split: reference_levels(world, ids, labels) for split, (ids, _, labels) in sets.items()
     }
