@@ -72,8 +72,8 @@ class AggregatorConfig:
     decoder_dims: tuple[int, int] = (64, 32)
     decoder_guidance_dims: tuple[int, int] = (256, 128)
     decoder_guidance_proj_dims: tuple[int, int] = (32, 16)
-    class_chunk: int = 8
-    token_chunk: int = 4096
+    class_chunk: int | None = None  # None: per device (lmseg.aggregation.common.CHUNK_DEFAULTS)
+    token_chunk: int | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp, add_mlp_residual_
+from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +115,9 @@ class ClassAggregation(nn.Module):
         mlp_ratio: MLP hidden width over C (4).
         train_pool_size: average pooling of the cost map before the attention in training mode
             (CAT-Seg's efficiency trick); none at test time.
-        token_chunk: tokens (pixels × classes) processed together: every intermediate holds at
-            most this many tokens whatever K is; does not change results.
+        token_chunk: tokens (pixels × classes) processed together (None: the device's default):
+            every intermediate holds at most this many tokens whatever K is (at least one
+            pixel's K classes); does not change results.
     """
 
     def __init__(
@@ -128,7 +129,7 @@ class ClassAggregation(nn.Module):
         pad_len: int = 256,
         mlp_ratio: float = 4.0,
         train_pool_size: int = 1,
-        token_chunk: int = 32768,
+        token_chunk: int | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -246,7 +247,7 @@ class ClassAggregation(nn.Module):
         qkv_weight = torch.cat([self.q.weight[:, :d], self.k.weight[:, :d], self.v.weight])
 
         n = tokens.shape[1]
-        step = max(1, self.token_chunk // (b * num_classes))
+        step = max(1, chunk_size(self.token_chunk, "tokens", x.device) // (b * num_classes))
         if pool == 1 and not torch.is_grad_enabled():
             # Inference: write x + y chunk by chunk, never holding a full-size y. Each chunk is
             # copied to a contiguous block (the attention then updates that copy in place).

@@ -125,6 +125,24 @@ def softmax_attention(
     return F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias).reshape(q.shape)
 
 
+# Chunk sizes when a block's own is None. CPU: what measured fastest at ViT-B sizes on two cores
+# (docs/performance.md): a chunk's 4x-wide MLP activations stay in cache. GPU: fewer, larger
+# launches (a guess, not measured here: no GPU was available).
+CHUNK_DEFAULTS: dict[str, dict[str, int]] = {
+    "cpu": {"classes": 8, "tokens": 4096, "mlp_rows": 2048},
+    "gpu": {"classes": 64, "tokens": 65536, "mlp_rows": 1 << 30},
+}
+
+
+def chunk_size(
+    value: int | None, kind: Literal["classes", "tokens", "mlp_rows"], device: torch.device
+) -> int:
+    """A block's chunk size: ``value`` when set, else :data:`CHUNK_DEFAULTS` for the device."""
+    if value is not None:
+        return max(1, int(value))
+    return CHUNK_DEFAULTS["cpu" if device.type == "cpu" else "gpu"][kind]
+
+
 class Mlp(nn.Module):
     """Two-layer perceptron ``fc2(act(fc1(x)))`` with timm's parameter names.
 
@@ -145,7 +163,9 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def add_mlp_residual_(x: torch.Tensor, norm: nn.Module, mlp: nn.Module, rows: int = 2048) -> torch.Tensor:
+def add_mlp_residual_(
+    x: torch.Tensor, norm: nn.Module, mlp: nn.Module, rows: int | None = None
+) -> torch.Tensor:
     """``x += mlp(norm(x))`` in place, ``rows`` tokens at a time (inference only).
 
     Per-token work in row blocks keeps the 4×-wide hidden activation in cache between the two
@@ -155,9 +175,9 @@ def add_mlp_residual_(x: torch.Tensor, norm: nn.Module, mlp: nn.Module, rows: in
         x: contiguous tokens ``(..., C)``, updated in place and returned.
         norm: the pre-norm (LayerNorm).
         mlp: the :class:`Mlp`.
-        rows: tokens per block.
+        rows: tokens per block; None: the device's default (2,048 on CPU, all on GPUs).
     """
     flat = x.view(-1, x.shape[-1])
-    for block in flat.split(rows):
+    for block in flat.split(chunk_size(rows, "mlp_rows", x.device)):
         block += mlp(norm(block))
     return x

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp, add_mlp_residual_, softmax_attention
+from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size, softmax_attention
 
 # CAT-Seg's additive mask value between tokens of different sub-windows after the cyclic shift.
 SHIFT_MASK_VALUE = -100.0
@@ -198,7 +198,9 @@ class SpatialAggregation(nn.Module):
         num_heads: attention heads (4).
         window_size: window side (12); the second block shifts by half of it.
         mlp_ratio: MLP ratio (4).
-        class_chunk: classes processed together; bounds peak memory, does not change results.
+        class_chunk: classes processed together (None: the device's default, see
+            :func:`~lmseg.aggregation.common.chunk_size`); bounds peak memory, does not change
+            results.
     """
 
     def __init__(
@@ -209,7 +211,7 @@ class SpatialAggregation(nn.Module):
         num_heads: int = 4,
         window_size: int = 12,
         mlp_ratio: float = 4.0,
-        class_chunk: int = 32,
+        class_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.class_chunk = class_chunk
@@ -265,7 +267,7 @@ class SpatialAggregation(nn.Module):
             return t.index_select(2, slots[-1]).view(chunk.shape)
 
         num_classes = x.shape[1]
-        step = max(1, self.class_chunk)
+        step = chunk_size(self.class_chunk, "classes", x.device)
         if num_classes <= step:
             return run(x)
         if torch.is_grad_enabled():

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lmseg.aggregation.common import chunk_size
+
 
 class DoubleConv(nn.Module):
     """(3×3 conv, no bias → GroupNorm(C/16) → ReLU) × 2, as CAT-Seg.
@@ -104,7 +106,8 @@ class UpsamplingDecoder(nn.Module):
         guidance_dims: channels of the upsampled CLIP guidance ((256, 128)).
         guidance_proj_dims: channels after the 3×3 guidance projections ((32, 16)).
         decoder_dims: output channels of the two stages ((64, 32)).
-        class_chunk: classes decoded together; bounds memory, changes results only by float rounding.
+        class_chunk: classes decoded together (None: the device's default); bounds memory,
+            changes results only by float rounding.
     """
 
     def __init__(
@@ -115,7 +118,7 @@ class UpsamplingDecoder(nn.Module):
         guidance_dims: Sequence[int] = (256, 128),
         guidance_proj_dims: Sequence[int] = (32, 16),
         decoder_dims: Sequence[int] = (64, 32),
-        class_chunk: int = 32,
+        class_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.class_chunk = class_chunk
@@ -183,7 +186,7 @@ class UpsamplingDecoder(nn.Module):
         stages: list[UpStage] = list(self.stages)  # type: ignore[arg-type]
         terms = [stage.guidance_term(g) for stage, g in zip(stages, guidance, strict=True)]
         num_classes = x.shape[1]
-        step = max(1, self.class_chunk)
+        step = chunk_size(self.class_chunk, "classes", x.device)
         if num_classes <= step:
             return self._decode(x, terms)
         if torch.is_grad_enabled():
