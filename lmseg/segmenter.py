@@ -80,10 +80,16 @@ class SlidingWindow:
         side, kernel, stride = self.resize, self.window, self.stride
         part = F.interpolate(logits, size=(kernel, kernel), mode="bilinear", align_corners=False)
         part = part.sigmoid()
-        ones = torch.ones(1, 1, side, side, device=logits.device)
-        coverage = F.fold(F.unfold(ones, kernel, stride=stride), (side, side), kernel, stride=stride)
-        windows = rearrange(part[:-1], "n k h w -> 1 (k h w) n")
-        folded = F.fold(windows, (side, side), kernel, stride=stride)[0] / coverage[0]
+        # Windows in the order of views() (F.unfold: row-major over their top-left corners),
+        # accumulated by slice additions (F.fold's col2im is ~20x slower here).
+        starts = range(0, side - kernel + 1, stride)
+        folded = part.new_zeros(part.shape[1], side, side)
+        coverage = part.new_zeros(1, side, side)
+        corners = [(y, x) for y in starts for x in starts]
+        for (y, x), window in zip(corners, part[:-1], strict=True):
+            folded[:, y : y + kernel, x : x + kernel] += window
+            coverage[:, y : y + kernel, x : x + kernel] += 1
+        folded /= coverage
         whole = F.interpolate(part[-1:], size=(side, side), mode="bilinear", align_corners=False)[0]
         return (folded + whole) / 2
 

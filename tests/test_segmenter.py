@@ -164,3 +164,18 @@ def test_sliding_windows_must_tile_the_image():
     SlidingWindow()  # CAT-Seg's 640 / 384 / 1/3 tiles exactly
     with pytest.raises(ValueError, match="do not tile a 192 px image"):
         SlidingWindow(resize=192, window=96, overlap=0.4)
+
+
+def test_sliding_window_combine_puts_every_window_back_where_views_took_it():
+    from lmseg.segmenter import SlidingWindow
+
+    window = SlidingWindow(resize=40, window=24, overlap=1 / 3)  # stride 16: 2 x 2 windows
+    image = torch.rand(3, 30, 50) * 0.98 + 0.01
+    views = window.views(image)  # (5, 3, 24, 24)
+    assert views.shape == (5, 3, 24, 24)
+    # Feed each view's pixels back as "logits" of 3 classes: overlapping windows then agree
+    # wherever they overlap, so the window average must reproduce the resized image exactly.
+    combined = window.combine(torch.logit(views))
+    resized = torch.nn.functional.interpolate(image[None], size=(40, 40), mode="bilinear")[0]
+    global_part = torch.nn.functional.interpolate(views[-1:], size=(40, 40), mode="bilinear")[0]
+    torch.testing.assert_close(2 * combined - global_part, resized, rtol=1e-5, atol=1e-5)
