@@ -46,6 +46,17 @@ def _reset_peak() -> bool:
         return False
 
 
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise), so RSS starts honest."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def matmul_rate(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
     """Measured GFLOP/s of a large square matmul in this precision (the machine's floor)."""
     import torch
@@ -73,6 +84,7 @@ def run_one(num_classes: int, exact: bool, precision: str, repeats: int, compile
     torch.manual_seed(0)
     model = build_model(get_config("catseg_vitb16", top_k=None if exact else 256)).eval()
     del model.clip  # the benchmark starts from image features: keep CLIP's weights out of RSS
+    _release_freed_memory()
     width = 768
     with torch.no_grad():
         taps = [torch.randn(1, width, 24, 24), torch.randn(1, width, 24, 24)]

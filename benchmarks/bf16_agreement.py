@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['seed']:>4} {r['set']:>7} {r['classes']:>3} {r['pixels']:>8} "
               f"{100 * r['argmax_agreement']:>8.3f} {r['max_abs_logit_difference']:>12.4f} "
-              f"{r['logit_range']:>11.2f} {r["mIoU_fp32"]:>9.2f} {r["mIoU_bf16"]:>9.2f}")
+              f"{r['logit_range']:>11.2f} {r['mIoU_fp32']:>9.2f} {r['mIoU_bf16']:>9.2f}")
     report = {
         "benchmark": "fp32 vs bf16 autocast on the trained synthetic-world LMSeg",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
