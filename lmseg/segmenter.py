@@ -79,7 +79,7 @@ class SlidingWindow:
         """
         side, kernel, stride = self.resize, self.window, self.stride
         part = F.interpolate(logits, size=(kernel, kernel), mode="bilinear", align_corners=False)
-        part = part.sigmoid()
+        part = part.sigmoid_()  # a fresh tensor: in place
         # Windows in the order of views() (F.unfold: row-major over their top-left corners),
         # accumulated by slice additions (F.fold's col2im is ~20x slower here).
         starts = range(0, side - kernel + 1, stride)
@@ -91,7 +91,7 @@ class SlidingWindow:
             coverage[:, y : y + kernel, x : x + kernel] += 1
         folded /= coverage
         whole = F.interpolate(part[-1:], size=(side, side), mode="bilinear", align_corners=False)[0]
-        return (folded + whole) / 2
+        return folded.add_(whole).div_(2)
 
 
 def upsampled_argmax(
