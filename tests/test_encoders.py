@@ -154,3 +154,19 @@ def test_sam_checkpoint_from_cache_dir_and_clear_errors(tmp_path, monkeypatch):
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"missing \['neck.0.weight'\]"):
         build_sam_encoder("vit_b", image_size=64, checkpoint=str(tmp_path / "broken.pth"), **SAM_TINY)
+
+
+def test_sam_encodes_image_by_image_the_same_as_batched():
+    from lmseg.encoders.sam import build_sam_encoder
+
+    torch.manual_seed(0)
+    encoder = build_sam_encoder("vit_b", image_size=64, embed_dim=32, depth=2, num_heads=2,
+                                global_attn_indexes=(1,), window_size=2).eval()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        encoder.image_chunk = 3
+        batched = encoder(images)
+        encoder.image_chunk = None  # CPU default: one image at a time
+        single = encoder(images)
+    torch.testing.assert_close(single, batched, rtol=1e-5, atol=1e-5)
+    assert single.shape == (3, 256, 4, 4)

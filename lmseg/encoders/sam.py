@@ -44,15 +44,21 @@ class SAMEncoder(nn.Module):
     Args:
         encoder: a ``segment_anything`` ``ImageEncoderViT``.
         image_size: square input side (1024 in SAM).
+        image_chunk: images encoded together; None: one at a time on CPU (SAM's global
+            attention materialises a (heads, 4096, 4096) map per image: batching five 1024-px
+            crops ran at half the per-image speed of one), the whole batch on GPUs.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, *, encoder: ImageEncoderViT, image_size: int) -> None:
+    def __init__(
+        self, *, encoder: ImageEncoderViT, image_size: int, image_chunk: int | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.image_size = image_size
+        self.image_chunk = image_chunk
         self.register_buffer("mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -70,7 +76,10 @@ class SAMEncoder(nn.Module):
             # SAM resizes with antialiasing (ResizeLongestSide.apply_image_torch).
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         images = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        return self.encoder(images)
+        step = self.image_chunk or (1 if images.device.type == "cpu" else len(images))
+        if len(images) <= step:
+            return self.encoder(images)
+        return torch.cat([self.encoder(part) for part in images.split(step)])
 
 
 def build_sam_encoder(
