@@ -13,14 +13,12 @@ accumulates in fp32 under bf16/fp16 autocast. Pixels are independent, so they ru
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size
+from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size, device_constant
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -35,19 +33,11 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(max=0).exp_().add_(x.clamp(min=0))
 
 
+@device_constant
 def _head_mask(heads: int, dim: int, device: torch.device) -> torch.Tensor:
     """``(C, C)`` float: 1 where row and column belong to the same head."""
-    if torch.compiler.is_compiling():
-        return _block_diagonal(heads, dim, device)
-    return _cached_block_diagonal(heads, dim, torch.device(device))
-
-
-def _block_diagonal(heads: int, dim: int, device: torch.device) -> torch.Tensor:
     block = torch.arange(heads * dim, device=device) // dim
     return (block[:, None] == block[None, :]).float()
-
-
-_cached_block_diagonal = lru_cache(maxsize=8)(_block_diagonal)
 
 
 def linear_attention(

@@ -9,9 +9,10 @@ falls back), or a plain matmul-softmax path kept as the readable reference.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -123,6 +124,23 @@ def softmax_attention(
         bias = bias.to(q.dtype)
         bias = bias.expand(*lead, *bias.shape[-3:]).reshape(-1, *bias.shape[-3:])
     return F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias).reshape(q.shape)
+
+
+def device_constant(build: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Cache a pure function that builds a constant tensor (a mask, an index) from hashable
+    arguments (sizes, device, dtype): built once per shape and device, so there is no
+    host-to-device copy per chunk on GPUs. Inside ``torch.compile`` the builder is called
+    directly and becomes a constant of the graph.
+    """
+    cached = functools.lru_cache(maxsize=32)(build)
+
+    @functools.wraps(build)
+    def constant(*args: Hashable) -> torch.Tensor:  # positional: one cache entry per call form
+        if torch.compiler.is_compiling():
+            return build(*args)
+        return cached(*args)
+
+    return constant
 
 
 # Chunk sizes when a block's own is None. CPU: what measured fastest at ViT-B sizes on two cores

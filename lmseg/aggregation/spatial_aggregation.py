@@ -12,32 +12,24 @@ run in chunks, so peak memory is bounded by the chunk size rather than by K.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size, softmax_attention
+from lmseg.aggregation.common import (
+    Mlp,
+    add_mlp_residual_,
+    chunk_size,
+    device_constant,
+    softmax_attention,
+)
 
 # CAT-Seg's additive mask value between tokens of different sub-windows after the cyclic shift.
 SHIFT_MASK_VALUE = -100.0
 
 
-def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    labels = torch.zeros(h, w)
-    region = 0
-    for rows in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-        for cols in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            labels[rows, cols] = region
-            region += 1
-    windows = rearrange(labels, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window, ww=window)
-    differs = windows[:, None, :] != windows[:, :, None]
-    mask = torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
-    return mask[:, None]  # (nW, 1, N, N): broadcasts over heads
-
-
+@device_constant
 def shifted_window_mask(
     h: int, w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -47,27 +39,19 @@ def shifted_window_mask(
         ``(nW, 1, N, N)`` with nW = (h/window)·(w/window), N = window², 0 inside a sub-window
         and −100 across sub-windows that the cyclic shift made neighbours.
     """
-    if torch.compiler.is_compiling():  # a constant of the graph; no cache inside compiled code
-        return _shift_mask(h, w, window, shift).to(device=device, dtype=dtype)
-    return _cached_shift_mask(h, w, window, shift, torch.device(device), dtype)
+    labels = torch.zeros(h, w)
+    region = 0
+    for rows in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for cols in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            labels[rows, cols] = region
+            region += 1
+    windows = rearrange(labels, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window, ww=window)
+    differs = windows[:, None, :] != windows[:, :, None]
+    mask = torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
+    return mask[:, None].to(device=device, dtype=dtype)  # (nW, 1, N, N): broadcasts over heads
 
 
-@lru_cache(maxsize=32)
-def _cached_shift_mask(
-    h: int, w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    # Cached per device as well: no host-to-device copy per chunk on GPUs.
-    return _shift_mask(h, w, window, shift).to(device=device, dtype=dtype)
-
-
-@lru_cache(maxsize=16)
-def _window_order_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    index = torch.arange(h * w).view(h, w)
-    if shift:
-        index = torch.roll(index, shifts=(-shift, -shift), dims=(0, 1))
-    return rearrange(index, "(nh wh) (nw ww) -> (nh nw wh ww)", wh=window, ww=window)
-
-
+@device_constant
 def window_order(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """Token order of (shifted) window attention: the cyclic shift and the window partition
     are one permutation of the h·w tokens.
@@ -76,7 +60,10 @@ def window_order(h: int, w: int, window: int, shift: int, device: torch.device) 
         ``(h·w,)`` int64: the row-major index of the token at each slot, windows of
         ``window²`` consecutive slots.
     """
-    return _window_order_cpu(h, w, window, shift).to(device)
+    index = torch.arange(h * w).view(h, w)
+    if shift:
+        index = torch.roll(index, shifts=(-shift, -shift), dims=(0, 1))
+    return rearrange(index, "(nh wh) (nw ww) -> (nh nw wh ww)", wh=window, ww=window).to(device)
 
 
 class GuidedSwinBlock(nn.Module):
