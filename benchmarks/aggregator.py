@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from report import write_report  # noqa: E402  (benchmarks/report.py, beside this script)
 
 
 def _rss_kib(field: str) -> int:
@@ -174,16 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         row["time_over_floor"] = row["time_s"] / row["floor_s"]
         rows.append(row)
         print(_format(row), flush=True)
-    report = {
-        "benchmark": "cost volume + aggregator + decoder, ViT-B sizes, batch 1, 24x24, test mode",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__},
-        "matmul_gflops_per_s": rates,
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(
+        args.out,
+        "cost volume + aggregator + decoder, ViT-B sizes, batch 1, 24x24, test mode",
+        args.threads,
+        rows,
+        matmul_gflops_per_s=rates,
+    )
     print(f"matmul floor rates (GFLOP/s): {rates}; written {out}")
     return 0
 

@@ -12,14 +12,14 @@ arg-max agrees, the largest logit difference and both mIoUs. Prints a table and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from report import write_report  # noqa: E402  (benchmarks/report.py, beside this script)
 
 
 def agreement(seed: int, steps: int) -> list[dict]:
@@ -77,16 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['seed']:>4} {r['set']:>7} {r['classes']:>3} {r['pixels']:>8} "
               f"{100 * r['argmax_agreement']:>8.3f} {r['max_abs_logit_difference']:>12.4f} "
               f"{r['logit_range']:>11.2f} {r['mIoU_fp32']:>9.2f} {r['mIoU_bf16']:>9.2f}")
-    report = {
-        "benchmark": "fp32 vs bf16 autocast on the trained synthetic-world LMSeg",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "threads": args.threads, "torch": torch.__version__},
-        "steps": args.steps,
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(
+        args.out,
+        "fp32 vs bf16 autocast on the trained synthetic-world LMSeg",
+        args.threads,
+        rows,
+        steps=args.steps,
+    )
     print(f"written {out}")
     return 0
 

@@ -11,9 +11,7 @@ per image and where it goes (forward hooks on each block), and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from report import write_report  # noqa: E402  (benchmarks/report.py, beside this script)
 
 BLOCKS = ("clip", "sam", "sam_adapter", "fusion", "cost_volume", "aggregator", "decoder")
 
@@ -94,15 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 cells = " ".join(f"{row['blocks_s'].get(b, float('nan')):>11.3f}" for b in BLOCKS)
                 print(f"{name:18s} {k:>4} {row['mode']:>7} {row['time_s']:>7.2f}  {cells}", flush=True)
-    report = {
-        "benchmark": "full model per 640x480 image, random weights, batch 1 (sliding: 5 crops)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__},
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(
+        args.out,
+        "full model per 640x480 image, random weights, batch 1 (sliding: 5 crops)",
+        args.threads,
+        rows,
+    )
     print(f"written {out}")
     return 0
 
