@@ -2,9 +2,9 @@
 
 Compiling :meth:`~lmseg.model.LMSeg.decode` whole makes dynamo unroll the class-chunk loops
 (one graph per vocabulary size, K / chunk copies of every block in it: minutes of compilation
-on two cores). The blocks' per-chunk functions see at most two shapes per image size (a full
-chunk and the last one), so compiling those instead costs about a minute once and nothing per
-new vocabulary.
+on two cores). The blocks' per-chunk functions see few shapes: a full chunk and the last one,
+whose size varies with K; after the second shape torch.compile builds a dynamic-shape graph, so
+compilation costs about a minute once (two cores) and not again for each new vocabulary.
 """
 
 from __future__ import annotations
