@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lmseg.cli.prompts import register
 from lmseg.prompts import bank as bank_module
 from lmseg.prompts.bank import ClassAttributes, PromptBank, Provenance
-from lmseg.prompts.cli import register
 from lmseg.vocabularies import load_vocabulary
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from lmseg.cli.prompts import register
 from lmseg.prompts.bank import load_bank, validate_bank
-from lmseg.prompts.cli import register
 from lmseg.prompts.generate import (
     GenerationError,
     chat_completions_url,

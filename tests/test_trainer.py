@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from lmseg.checkpoint import load_model
+from lmseg.cli.train import main as cli_main
 from lmseg.data import SegmentationDataset
 from lmseg.eval.evaluate import (
     SWEEP_DATASETS,
@@ -25,7 +26,6 @@ from lmseg.eval.metrics import SegmentationMetrics
 from lmseg.factory import create_model
 from lmseg.prompts import encode_prompts, prompts_for
 from lmseg.segmenter import Segmenter, SlidingWindow
-from lmseg.train.cli import main as cli_main
 from lmseg.train.config import ConfigError, TrainConfig, list_configs, load_config
 from lmseg.train.optim import (
     WarmupCosine,

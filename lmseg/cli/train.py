@@ -2,7 +2,7 @@
 :mod:`lmseg.eval.evaluate`.
 
 ``lmseg.cli`` calls :func:`register` on its sub-command parsers; every command sets
-``func(args) -> int`` (the exit status). ``python -m lmseg.train.cli`` runs the two commands on
+``func(args) -> int`` (the exit status). ``python -m lmseg.cli.train`` runs the two commands on
 their own (also under ``torchrun``).
 """
 
@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from lmseg.cli import run_command
+from lmseg.cli.common import run_command
 
 __all__ = ["main", "register"]
 
@@ -173,7 +173,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``train`` or ``eval`` on their own (``python -m lmseg.train.cli``)."""
+    """Run ``train`` or ``eval`` on their own (``python -m lmseg.cli.train``)."""
     parser = argparse.ArgumentParser(prog="lmseg", description=__doc__.splitlines()[0])
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
