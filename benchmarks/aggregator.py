@@ -81,10 +81,13 @@ def run_one(num_classes: int, exact: bool, precision: str, repeats: int, compile
     from lmseg.aggregation import compile_blocks
     from lmseg.factory import build_model, get_config
     from lmseg.model import ImageFeatures
+    from lmseg.runtime import RuntimeOptions
 
     torch.manual_seed(0)
-    model = build_model(get_config("catseg_vitb16", top_k=None if exact else 256)).eval()
-    del model.clip  # the benchmark starts from image features: keep CLIP's weights out of RSS
+    model = build_model(get_config("catseg_vitb16")).eval()
+    runtime = RuntimeOptions(top_k=None if exact else 256)
+    # The benchmark starts from image features: keep the encoder's weights out of RSS.
+    del model.vision_language_encoder
     _release_freed_memory()
     width = 768
     with torch.no_grad():
@@ -92,14 +95,14 @@ def run_one(num_classes: int, exact: bool, precision: str, repeats: int, compile
         features = ImageFeatures(
             embedding=torch.randn(1, 512, 24, 24),
             decoder_guidance=model.decoder.prepare_guidance(taps),
-            clip_embedding=torch.empty(0),
+            vision_language_embedding=torch.empty(0),
         )
     text = torch.randn(num_classes, 1, 512)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def call() -> torch.Tensor:
         with torch.no_grad(), autocast:
-            return model.decode(features, text)
+            return model.decode(features, text, runtime)
 
     with FlopCounterMode(display=False) as counter:  # eager: compiled code is not dispatched
         call()

@@ -37,9 +37,9 @@ def agreement(seed: int, steps: int) -> list[dict]:
         vocab = [0, *ids]
         with torch.no_grad():
             text = demo.text_embeddings(model, world, vocab, row.prompts)
-            full = model(images, text)
+            full = model(images, text, demo.EXACT)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = model(images, text).float()
+                low = model(images, text, demo.EXACT).float()
         # The demo's own evaluation (upsampling, arg-max, mIoU) in both precisions.
         fp32 = demo.evaluate(model, world, ids, images, labels, row.prompts)
         with torch.autocast("cpu", dtype=torch.bfloat16):

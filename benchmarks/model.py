@@ -23,7 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from report import write_report  # noqa: E402  (benchmarks/report.py, beside this script)
 
-BLOCKS = ("clip", "sam", "sam_adapter", "fusion", "cost_volume", "aggregator", "decoder")
+BLOCKS = (
+    "vision_language_encoder",
+    "spatial_encoder",
+    "spatial_adapter",
+    "fusion",
+    "cost_volume",
+    "aggregator",
+    "decoder",
+)
 
 
 def profile_model(name: str, classes: int, sliding: bool, repeats: int, precision: str) -> dict:
@@ -51,14 +59,19 @@ def profile_model(name: str, classes: int, sliding: bool, repeats: int, precisio
     segmenter = Segmenter(model, precision=precision)
     text = torch.randn(classes, model.num_prompts, model.embed_dim)
     image = torch.rand(3, 480, 640)
+    def probabilities() -> list[torch.Tensor]:
+        """Per-class probabilities at model resolution (before resizing to the image)."""
+        logits = segmenter._logits([image], text, sliding)[0]
+        return list(segmenter._probability_chunks(logits, (480, 640), sliding))
+
     with torch.no_grad():
-        segmenter._probabilities(image, text, sliding)  # warm-up
+        probabilities()  # warm-up
     times.clear()
     totals = []
     for _ in range(repeats):
         start = time.perf_counter()
         with torch.no_grad():
-            segmenter._probabilities(image, text, sliding)
+            probabilities()
         totals.append(time.perf_counter() - start)
     per_block = {k: v / repeats for k, v in times.items()}
     return {

@@ -47,7 +47,7 @@ def main() -> int:
         for _ in range(2)
     ]
     model = LMSeg(
-        clip=clip,
+        vision_language_encoder=clip,
         cost_volume=CostVolume(num_prompts=2, dim=hidden),
         aggregator=CostAggregator(
             layers=layers, embed_dim=clip.embed_dim, appearance_guidance_dim=32, text_guidance_dim=32
@@ -56,7 +56,6 @@ def main() -> int:
             dim=hidden, clip_width=clip.width, guidance_dims=(64, 32), guidance_proj_dims=(16, 16),
             decoder_dims=(32, 16),
         ),
-        top_k=None,
     ).eval()
 
     classes = ["cat", "dog", "sofa"]

@@ -47,7 +47,7 @@ def main() -> int:
     model = lmseg.create_model("lmseg_tiny")
     for attempt in ("computed", "cached"):
         start = time.perf_counter()
-        text = embed_prompts(model.clip, prompts, cache_dir=out / "cache")
+        text = embed_prompts(model.text_encoder, prompts, cache_dir=out / "cache")
         print(f"{attempt}: embeddings {tuple(text.shape)} (K, P, D) in {time.perf_counter() - start:.3f} s")
     return 0
 

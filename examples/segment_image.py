@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     model = lmseg.create_model(args.model, pretrained=args.checkpoint)
     segmenter = Segmenter(model)
     start = time.perf_counter()
-    labels = segmenter.predict(image, classes)
+    labels = segmenter.predict(image, classes).labels
     elapsed = time.perf_counter() - start
 
     pixels = np.asarray(Image.open(image).convert("RGB"))

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = load_vocabulary(args.vocabulary)
     segmenter = lmseg.Segmenter(lmseg.create_model(args.model, pretrained=args.checkpoint),
                                 sliding_window=args.sliding_window)
-    labels = segmenter.predict(args.image, classes)
+    labels = segmenter.predict(args.image, classes).labels
     pixels = np.asarray(Image.open(args.image).convert("RGB"))
     overlay(pixels, labels, classes).save(out / "overlay.png")
     present = [classes[i] for i in np.unique(labels)]

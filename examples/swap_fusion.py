@@ -2,7 +2,7 @@
 
 The same tiny LMSeg is built with each fusion mode (``create_model(..., fusion={"mode": m})``);
 the script prints the CLIP weight ``w`` each starts with and how the fused features differ.
-``sam=None, fusion=None`` gives CAT-Seg.
+``spatial_encoder=None, fusion=None`` gives CAT-Seg.
 
     python examples/swap_fusion.py
 """
@@ -27,11 +27,14 @@ def main() -> int:
         model = lmseg.create_model("lmseg_tiny", fusion={"mode": mode, "init": 0.7})
         with torch.no_grad():
             features = model.encode_image(images)
-            w = model.fusion.weight(features.clip_embedding, features.sam_embedding)
+            w = model.fusion.weight(features.vision_language_embedding, features.spatial_embedding)
             logits = model.decode(features, text)
         print(f"{mode:9s} w shape {tuple(w.shape)!s:18s} mean {w.mean():.3f}  logits {tuple(logits.shape)}")
-    catseg = lmseg.create_model("lmseg_tiny", sam=None, fusion=None)
-    print(f"no fusion: sam={catseg.sam}, fusion={catseg.fusion} -> exactly CAT-Seg's pipeline")
+    catseg = lmseg.create_model("lmseg_tiny", spatial_encoder=None, fusion=None)
+    print(
+        f"no fusion: spatial_encoder={catseg.spatial_encoder}, fusion={catseg.fusion} "
+        "-> exactly CAT-Seg's pipeline"
+    )
     return 0
 
 

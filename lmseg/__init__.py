@@ -7,11 +7,22 @@ The three-line API::
     labels = segmenter.predict("photo.jpg", ["cat", "sofa", "wall"])
 """
 
-from lmseg.checkpoint import load_model, save_model
-from lmseg.factory import create_model, list_models
+from lmseg.checkpoint import save_model
+from lmseg.factory import create_model, list_models, load_model, register_model
 from lmseg.model import LMSeg
+from lmseg.runtime import RuntimeOptions
 from lmseg.segmenter import Segmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["LMSeg", "Segmenter", "create_model", "list_models", "load_model", "save_model", "__version__"]
+__all__ = [
+    "LMSeg",
+    "RuntimeOptions",
+    "Segmenter",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_model",
+    "register_model",
+    "save_model",
+]

@@ -31,7 +31,8 @@ AGG = HEAD + r"transformer\."
 
 # (pattern, replacement, reason). Patterns are anchored; first match wins.
 RENAME_RULES: list[tuple[str, str, str]] = [
-    (HEAD + r"clip_model\.(.*)", r"clip.model.\1", "CLIP weights keep OpenAI/open_clip names"),
+    (HEAD + r"clip_model\.(.*)", r"vision_language_encoder.model.\1",
+     "CLIP weights keep OpenAI/open_clip names, under the vision-language encoder"),
     (AGG + r"conv1\.(weight|bias)", r"cost_volume.embed.\1", "7x7 cost embedding P -> 128"),
     (AGG + r"guidance_projection\.0\.(.*)", r"aggregator.appearance_projection.0.\1",
      "appearance guidance conv D -> 128"),
@@ -133,7 +134,9 @@ def convert_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, 
             unknown.append(f"{prefix}: missing {missing} projection(s)")
             continue
         out[prefix + "in_proj_weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    covered = [k for k in target if not k.startswith(("sam.", "sam_adapter.", "fusion."))]
+    covered = [
+        k for k in target if not k.startswith(("spatial_encoder.", "spatial_adapter.", "fusion."))
+    ]
     missing_keys = sorted(set(covered) - set(out))
     extra = sorted(set(out) - set(target))
     mismatched = [

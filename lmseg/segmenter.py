@@ -1,4 +1,4 @@
-"""Inference API: ``Segmenter(model).predict(image, classes)`` -> label map at the image's size.
+"""Inference API: ``Segmenter(model).predict(image, classes)`` -> a :class:`Segmentation`.
 
 Text embeddings are computed once per vocabulary (in memory, and on disk through
 :func:`lmseg.prompts.embed_prompts`). Two inference modes, as CAT-Seg:
@@ -9,19 +9,21 @@ Text embeddings are computed once per vocabulary (in memory, and on disk through
   one global view, all run as one batch; sigmoid probabilities of the windows are averaged where
   they overlap, then averaged with the global view.
 
-Upsampling to the image size and the arg-max run in class chunks, so memory beyond the model's
-own output does not grow with the vocabulary unless probabilities are requested.
+Probabilities are independent per-class sigmoids, as CAT-Seg trains them (binary cross-entropy
+per class): they do not sum to 1 over the classes, and the label of a pixel is the class of
+highest probability. Upsampling to the image size and the arg-max run in class chunks, so memory
+beyond the model's own output does not grow with the vocabulary unless probabilities are
+requested. :meth:`Segmenter.label_maps` is the one batched path that :meth:`Segmenter.predict`
+and benchmark evaluation (:mod:`lmseg.eval`) both use.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -29,8 +31,11 @@ from einops import rearrange
 from lmseg.io import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_classes
 from lmseg.model import LMSeg
 from lmseg.prompts import embed_prompts, prompts_for
+from lmseg.runtime import Precision, RuntimeOptions, resolve_device
+from lmseg.segmentation import Segmentation
 
-Precision = Literal["fp32", "bf16", "fp16"]
+__all__ = ["Precision", "Segmentation", "Segmenter", "SlidingWindow", "upsampled_argmax"]
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -131,44 +136,69 @@ def upsampled_argmax(
     return labels
 
 
+def _same_size_groups(images: Sequence[torch.Tensor]) -> Iterator[list[int]]:
+    """Runs of consecutive images of one shape (whole-image inference batches them)."""
+    group: list[int] = []
+    for i, image in enumerate(images):
+        if group and images[group[0]].shape != image.shape:
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
+
+
 class Segmenter:
-    """Open-vocabulary segmentation of single images with any class list.
+    """Open-vocabulary segmentation of images with any class list.
 
     Args:
         model: an :class:`~lmseg.model.LMSeg` (e.g. from :func:`lmseg.create_model`).
+        runtime: how the model runs (:class:`~lmseg.runtime.RuntimeOptions`: chunk sizes,
+            attention backend, precision, class filtering, preprocessing, device).
         prompt_mode: how class names become the model's P prompts (see
             :mod:`lmseg.prompts.compose`); default ``"template"`` for P = 1 and
             ``"attributes"`` for P = 4.
-        prompt_bank: a bank (name, path or object) to use for every vocabulary; by default the
-            shipped bank matching the class list, else the template alone (with a notice).
+        prompt_bank: a bank (name, path or object) to use for every vocabulary; by default each
+            class's entry in the shipped banks, else the template alone (with a notice).
         sliding_window: use CAT-Seg's sliding-window inference by default.
         window: sliding-window geometry (CAT-Seg's 640 / 384 / 1/3 by default).
-        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
+        precision: shorthand for ``runtime.precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``).
+        device: shorthand for ``runtime.device``; the model is moved there (``"cuda"``, ``"cpu"``,
+            ``"auto"``); a device this machine lacks is one clear error.
         cache_dir: on-disk text-embedding cache (``$LMSEG_CACHE/text`` by default).
-        class_chunk: classes upsampled to image size at once.
+        upsample_chunk: classes upsampled to the image size at once.
         max_pixels: refuse larger images.
 
     Example:
         >>> segmenter = Segmenter(create_model("lmseg_tiny"))
-        >>> labels = segmenter.predict("photo.jpg", ["cat", "sofa", "wall"])  # (H, W) int32
+        >>> result = segmenter.predict("photo.jpg", ["cat", "sofa", "wall"])
+        >>> result.labels  # (H, W) int32 indices into result.classes
     """
 
     def __init__(
         self,
         model: LMSeg,
         *,
+        runtime: RuntimeOptions | None = None,
         prompt_mode: str | None = None,
         prompt_bank: str | os.PathLike[str] | None = None,
         sliding_window: bool = False,
         window: SlidingWindow | None = None,
-        precision: Precision = "fp32",
+        precision: Precision | None = None,
+        device: str | torch.device | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        class_chunk: int = 64,
+        upsample_chunk: int = 64,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        runtime = runtime or RuntimeOptions()
+        if precision is not None:
+            runtime = runtime.replace(precision=precision)
+        if device is not None:
+            runtime = runtime.replace(device=str(device))
+        self.runtime = runtime
         self.model = model.eval()
+        if runtime.device is not None:
+            self.model.to(resolve_device(runtime.device))
         if prompt_mode is None:
             defaults = {1: "template", 4: "attributes"}
             if model.num_prompts not in defaults:
@@ -176,19 +206,24 @@ class Segmenter:
                     f"the model expects {model.num_prompts} prompts per class: pass prompt_mode"
                 )
             prompt_mode = defaults[model.num_prompts]
+        if upsample_chunk < 1:
+            raise ValueError(f"upsample_chunk must be positive, got {upsample_chunk}")
         self.prompt_mode = prompt_mode
         self.prompt_bank = prompt_bank
         self.sliding_window = sliding_window
         self.window = window or SlidingWindow()
-        self.precision = precision
         self.cache_dir = cache_dir
-        self.class_chunk = class_chunk
+        self.upsample_chunk = upsample_chunk
         self.max_pixels = max_pixels
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> Precision:
+        return self.runtime.precision
 
     def text_embeddings(self, classes: Sequence[str]) -> torch.Tensor:
         """Prompt embeddings ``(K, P, D)`` of a class list, cached per vocabulary."""
@@ -203,32 +238,84 @@ class Segmenter:
                     f"expects {self.model.num_prompts}"
                 )
             self._text[key] = embed_prompts(
-                self.model.clip, prompts, cache_dir=self.cache_dir, class_names=names
+                self.model.text_encoder, prompts, cache_dir=self.cache_dir, class_names=names
             ).to(self.device)
         return self._text[key]
 
     def _autocast(self) -> torch.autocast | nullcontext[None]:
-        if self.precision == "fp32":
+        if self.runtime.precision == "fp32":
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.runtime.precision])
 
-    def _probabilities(self, image: torch.Tensor, text: torch.Tensor, sliding: bool) -> torch.Tensor:
-        """Per-class probabilities at model resolution, before resizing to the image.
+    def _logits(
+        self, images: Sequence[torch.Tensor], text: torch.Tensor, sliding: bool
+    ) -> list[torch.Tensor]:
+        """Per-image logits: ``(n + 1, K, 4h, 4w)`` views for the sliding window (all images'
+        views in one forward), ``(1, K, 4h', 4w')`` for whole images (equal sizes batched)."""
+        model, runtime = self.model, self.runtime
+        per_image: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        with torch.no_grad(), self._autocast():
+            if sliding:
+                views = [self.window.views(image) for image in images]
+                logits = model(torch.cat(views), text, runtime).float()
+                for i, part in enumerate(logits.split([len(v) for v in views])):
+                    per_image[i] = part
+            else:
+                for group in _same_size_groups(images):
+                    batch = torch.stack([images[i] for i in group])
+                    logits = model(batch, text, runtime).float()
+                    for j, i in enumerate(group):
+                        per_image[i] = logits[j : j + 1]
+        return per_image
+
+    def _probability_chunks(
+        self, logits: torch.Tensor, image_size: tuple[int, int], sliding: bool
+    ) -> Iterator[torch.Tensor]:
+        """Class chunks ``(k, h', w')`` of one image's probabilities at model resolution."""
+        for part in logits.split(self.upsample_chunk, dim=1):
+            if sliding:
+                yield self.window.combine(part)
+                continue
+            probs = part[0].sigmoid()
+            if self.runtime.preprocessing == "catseg":
+                # detectron2's sem_seg_postprocess crops the prediction to the image's size before
+                # resizing it; at model resolution the crop keeps the whole map unless the image
+                # is smaller than it.
+                probs = probs[:, : image_size[0], : image_size[1]]
+            yield probs
+
+    def label_maps(
+        self,
+        images: Sequence[torch.Tensor],
+        text: torch.Tensor,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        *,
+        sliding: bool | None = None,
+        keep: Sequence[torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """Label maps of a batch of images (the one inference path of lmseg).
+
+        Args:
+            images: ``(3, H_i, W_i)`` float RGB in [0, 1], any sizes.
+            text: prompt embeddings ``(K, P, D)`` (:meth:`text_embeddings`).
+            sizes: output size of each label map (default: each image's own).
+            sliding: sliding-window or whole-image inference (default: the segmenter's).
+            keep: per image, an optional ``(K, H_i, W_i)`` buffer to fill with probabilities.
 
         Returns:
-            ``(K, h', w')``: ``4h × 4w`` for whole-image inference, ``resize × resize`` for the
-            sliding window.
+            One ``int64 (H_i, W_i)`` label map per image, on the model's device.
         """
-        image = image.to(self.device)[None]
-        with torch.no_grad(), self._autocast():
-            if not sliding:
-                return self.model(image, text)[0].float().sigmoid()
-            logits = self.model(self.window.views(image), text).float()
-        # Combine per class chunk so the per-window maps of all K classes are never alive at once.
-        side = self.window.resize
-        out = torch.empty(logits.shape[1], side, side, device=logits.device)
-        for i in range(0, logits.shape[1], self.class_chunk):
-            out[i : i + self.class_chunk] = self.window.combine(logits[:, i : i + self.class_chunk])
+        sliding = self.sliding_window if sliding is None else sliding
+        device = self.device
+        images = [image.to(device) for image in images]
+        sizes = sizes or [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        logits = self._logits(images, text, sliding)
+        out = []
+        for i, per_image in enumerate(logits):
+            image_size = (int(images[i].shape[-2]), int(images[i].shape[-1]))
+            chunks = self._probability_chunks(per_image, image_size, sliding)
+            buffer = keep[i] if keep is not None else None
+            out.append(upsampled_argmax(chunks, tuple(sizes[i]), keep=buffer))  # type: ignore[arg-type]
         return out
 
     def predict(
@@ -238,27 +325,30 @@ class Segmenter:
         *,
         sliding_window: bool | None = None,
         return_probabilities: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    ) -> Segmentation:
         """Label every pixel of an image with one of ``classes``.
 
         Args:
             image: path, PIL image, numpy array or tensor (see :func:`lmseg.io.load_image`).
             classes: K class names.
             sliding_window: override the segmenter's default inference mode.
-            return_probabilities: also return the per-class probabilities.
+            return_probabilities: also keep the per-class probabilities ``(K, H, W)``
+                (independent sigmoids: they do not sum to 1 over classes).
 
         Returns:
-            ``labels`` ``(H, W)`` int32 indices into ``classes``; with
-            ``return_probabilities``, ``(labels, probabilities (K, H, W) float32)``.
+            A :class:`~lmseg.segmentation.Segmentation`: ``labels`` ``(H, W)`` int32 indices
+            into ``classes``, ``probabilities`` when asked, helpers to save an overlay or a
+            label map.
         """
         pixels = load_image(image, max_pixels=self.max_pixels)
-        text = self.text_embeddings(classes)
-        sliding = self.sliding_window if sliding_window is None else sliding_window
-        probs = self._probabilities(pixels, text, sliding)
+        names = validate_classes(classes)
+        text = self.text_embeddings(names)
         size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        full = torch.empty(probs.shape[0], *size) if return_probabilities else None
-        chunks = probs.split(self.class_chunk)
-        labels = upsampled_argmax(chunks, size, keep=full).to(torch.int32).cpu()
-        if full is not None:
-            return labels.numpy(), full.numpy()
-        return labels.numpy()
+        full = torch.empty(len(names), *size) if return_probabilities else None
+        labels = self.label_maps([pixels], text, [size], sliding=sliding_window, keep=[full])[0]
+        return Segmentation(
+            labels=labels.to(torch.int32).cpu().numpy(),
+            classes=list(names),
+            probabilities=None if full is None else full.numpy(),
+            image=pixels,
+        )

@@ -29,9 +29,9 @@ def _catseg_checkpoint(model: lmseg.LMSeg) -> dict[str, torch.Tensor]:
     for name, _shape in _reference_keys():
         source[PREFIX + name] = torch.randn(own[_rename(PREFIX + name)].shape)
     for key, value in own.items():
-        if not key.startswith("clip.model."):
+        if not key.startswith("vision_language_encoder.model."):
             continue
-        rest = key[len("clip.model."):]
+        rest = key[len("vision_language_encoder.model."):]
         base = "sem_seg_head.predictor.clip_model." + rest
         if rest.endswith("attn.in_proj_weight"):
             for part, chunk in zip("qkv", torch.randn(value.shape).chunk(3), strict=True):
@@ -49,8 +49,8 @@ def _catseg_checkpoint(model: lmseg.LMSeg) -> dict[str, torch.Tensor]:
 def test_every_reference_key_maps_onto_the_vitb_model_with_its_shape():
     model = lmseg.create_model("catseg_vitb16")
     # OpenAI CLIP's activation: converted CAT-Seg weights are wrong under exact GELU.
-    assert type(model.clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
-    assert model.clip.text_architecture == "QuickGELU"
+    assert type(model.vision_language_encoder.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert model.vision_language_encoder.text_architecture == "QuickGELU"
     own = model.state_dict()
     for name, shape in _reference_keys():
         target = _rename(PREFIX + name)
@@ -74,7 +74,7 @@ def test_conversion_puts_every_tensor_in_its_place(tiny):
     assert torch.equal(out["decoder.stages.1.conv.norm2.weight"],
                        source[PREFIX + "decoder2.conv.double_conv.4.weight"])
     assert torch.equal(out["decoder.guidance_upsamplers.1.weight"], source["upsample2.weight"])
-    qkv = out["clip.model.visual.transformer.resblocks.2.attn.in_proj_weight"]
+    qkv = out["vision_language_encoder.model.visual.transformer.resblocks.2.attn.in_proj_weight"]
     block = "sem_seg_head.predictor.clip_model.visual.transformer.resblocks.2.attn."
     expected = torch.cat([source[block + f"{p}_proj_weight"] for p in "qkv"])
     assert torch.equal(qkv, expected)
@@ -107,6 +107,6 @@ def test_cli_converts_a_detectron2_checkpoint(tiny, tmp_path):
     out = tmp_path / "converted.safetensors"
     assert main(["convert-catseg", str(path), str(out), "--model", "catseg_tiny"]) == 0
     model = lmseg.load_model(out)
-    assert model.clip.text_architecture == "QuickGELU"  # the config keeps it across reloads
+    assert model.vision_language_encoder.text_architecture == "QuickGELU"  # the config keeps it across reloads
     assert torch.equal(model.state_dict()["decoder.head.weight"], source[PREFIX + "head.weight"])
     assert main(["convert-catseg", str(tmp_path / "nope.pth"), str(out)]) == 1

@@ -19,10 +19,10 @@ from lmseg.weights import WeightsNotFoundError
 
 @pytest.fixture(scope="module")
 def clip() -> CLIPEncoder:
-    cfg = get_config("lmseg_tiny").clip
+    cfg = get_config("lmseg_tiny").vision_language_encoder
     torch.manual_seed(0)
-    model = load_clip_model(cfg.model_name, model_cfg=cfg.model_cfg)
-    return CLIPEncoder(model=model, image_size=cfg.image_size, guidance_layers=cfg.guidance_layers)
+    model = load_clip_model(cfg["model_name"], model_cfg=cfg["model_cfg"])
+    return CLIPEncoder(model=model, image_size=cfg["image_size"], guidance_layers=cfg["guidance_layers"])
 
 
 def test_pooled_path_equals_open_clip_encode_image(clip):
@@ -93,7 +93,7 @@ def test_offline_pretrained_download_names_what_to_fetch(tmp_path):
 def test_clip_weights_load_from_a_file(clip, tmp_path):
     path = tmp_path / "clip.pt"
     torch.save(clip.model.state_dict(), path)
-    cfg = dict(get_config("lmseg_tiny").clip.model_cfg)
+    cfg = dict(get_config("lmseg_tiny").vision_language_encoder["model_cfg"])
     reloaded = load_clip_model("tiny", str(path), model_cfg=cfg)
     for key, value in clip.model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key

@@ -6,12 +6,16 @@ import torch
 import lmseg
 from lmseg.cost_volume import FILTERED_LOGIT, cosine_cost, select_classes
 from lmseg.factory import get_config
+from lmseg.registry import RegistryError
+from lmseg.runtime import RuntimeOptions
+
+EXACT = RuntimeOptions(top_k=None)
 
 
 @pytest.fixture(scope="module")
 def model() -> lmseg.LMSeg:
     torch.manual_seed(0)
-    return lmseg.create_model("lmseg_tiny", top_k=None)
+    return lmseg.create_model("lmseg_tiny")
 
 
 @pytest.mark.parametrize("num_classes", [1, 5, 23])
@@ -19,7 +23,7 @@ def model() -> lmseg.LMSeg:
 def test_logit_shapes_for_any_vocabulary_and_input(model, num_classes, size):
     text = torch.randn(num_classes, model.num_prompts, model.embed_dim)
     with torch.no_grad():
-        logits = model(torch.rand(2, 3, *size), text)
+        logits = model(torch.rand(2, 3, *size), text, EXACT)
     assert logits.shape == (2, num_classes, 48, 48)  # 4 x the 12x12 feature grid
     assert torch.isfinite(logits).all()
 
@@ -41,22 +45,21 @@ def test_eval_is_deterministic(model):
 
 def test_class_filtering_keeps_the_highest_similarity_classes():
     torch.manual_seed(0)
-    m = lmseg.create_model("lmseg_tiny", top_k=3)
+    m = lmseg.create_model("lmseg_tiny")
     images, text = torch.rand(1, 3, 96, 96), torch.randn(9, 4, 32)
     with torch.no_grad():
         features = m.encode_image(images)
         cost = cosine_cost(features.embedding, text)
         best = cost.amax(dim=(1, 3, 4))[0]
         kept = select_classes(cost, 3)[0]
-        logits = m.decode(features, text)
+        logits = m.decode(features, text, RuntimeOptions(top_k=3))
     assert set(kept.tolist()) == set(best.topk(3).indices.tolist())
     dropped = [k for k in range(9) if k not in kept.tolist()]
     assert (logits[0, dropped] == FILTERED_LOGIT).all()
     assert (logits[0, kept] != FILTERED_LOGIT).any()
     # The kept classes get exactly what the model computes on that sub-vocabulary alone.
-    m.top_k = None
     with torch.no_grad():
-        sub = m.decode(features, text[kept])
+        sub = m.decode(features, text[kept], EXACT)
     torch.testing.assert_close(logits[0, kept], sub[0], rtol=1e-5, atol=1e-5)
 
 
@@ -71,14 +74,11 @@ def test_model_is_equivariant_to_class_order(model):
 
 def test_chunk_sizes_do_not_change_the_output():
     torch.manual_seed(0)
-    m = lmseg.create_model("lmseg_tiny", top_k=None, aggregator={"class_chunk": 64})
+    m = lmseg.create_model("lmseg_tiny")
     images, text = torch.rand(1, 3, 96, 96), torch.randn(11, 4, 32)
     with torch.no_grad():
-        whole = m(images, text)
-        for module in m.modules():
-            if hasattr(module, "class_chunk"):
-                module.class_chunk = 3
-        chunked = m(images, text)
+        whole = m(images, text, EXACT.replace(class_chunk=64, token_chunk=1 << 20))
+        chunked = m(images, text, EXACT.replace(class_chunk=3, token_chunk=100))
     # Spatial and class aggregation are bit-exact under chunking; the decoder's channels-last
     # GroupNorm sums in a batch-size-dependent order (rounding only).
     torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-5)
@@ -86,20 +86,21 @@ def test_chunk_sizes_do_not_change_the_output():
 
 def test_gradients_reach_exactly_the_trainable_parameters():
     torch.manual_seed(0)
-    m = lmseg.create_model("lmseg_tiny", top_k=None).train()
-    logits = m(torch.rand(2, 3, 96, 96), torch.randn(5, 4, 32))
+    m = lmseg.create_model("lmseg_tiny").train()
+    logits = m(torch.rand(2, 3, 96, 96), torch.randn(5, 4, 32), EXACT)
     logits.square().mean().backward()
+    clip = "vision_language_encoder.model."
     for name, p in m.named_parameters():
-        if name.startswith("sam."):
+        if name.startswith("spatial_encoder."):
             assert not p.requires_grad and p.grad is None, name
         elif "padding_" in name:
             continue  # pad_len 16 > 5 classes: used, but only via the attention
-        elif name in ("clip.model.logit_scale",) or name.startswith(
-            ("clip.model.transformer.", "clip.model.token_embedding", "clip.model.positional_embedding",
-             "clip.model.ln_final", "clip.model.text_projection")
+        elif name in (clip + "logit_scale",) or name.startswith(
+            tuple(clip + part for part in ("transformer.", "token_embedding", "positional_embedding",
+                                           "ln_final", "text_projection"))
         ):
             assert p.grad is None, f"text tower {name} got a gradient from the image path"
-        elif ".resblocks.2.attn." in name and name.startswith("clip.model.visual."):
+        elif ".resblocks.2.attn." in name and name.startswith(clip + "visual."):
             # dense last block: attention skipped, only the value rows of in_proj are used
             continue
         else:
@@ -107,7 +108,7 @@ def test_gradients_reach_exactly_the_trainable_parameters():
 
 
 def test_without_fusion_the_model_is_catseg():
-    lm = lmseg.create_model("lmseg_tiny", sam=None, fusion=None, num_prompts=1, top_k=16)
+    lm = lmseg.create_model("lmseg_tiny", spatial_encoder=None, fusion=None, num_prompts=1)
     cat = lmseg.create_model("catseg_tiny")
     assert lm.state_dict().keys() == cat.state_dict().keys()
     cat.load_state_dict(lm.state_dict())
@@ -120,9 +121,11 @@ def test_fusion_changes_features_and_starts_at_init():
     m = lmseg.create_model("lmseg_tiny", fusion={"mode": "channel", "init": 0.25})
     with torch.no_grad():
         f = m.encode_image(torch.rand(1, 3, 96, 96))
-        w = m.fusion.weight(f.clip_embedding, f.sam_embedding)
+        w = m.fusion.weight(f.vision_language_embedding, f.spatial_embedding)
     torch.testing.assert_close(w, torch.full_like(w, 0.25))
-    torch.testing.assert_close(f.embedding, 0.25 * f.clip_embedding + 0.75 * f.sam_embedding)
+    torch.testing.assert_close(
+        f.embedding, 0.25 * f.vision_language_embedding + 0.75 * f.spatial_embedding
+    )
 
 
 def test_bad_text_embeddings_are_named(model):
@@ -140,12 +143,14 @@ def test_bad_text_embeddings_are_named(model):
 def test_registry_and_overrides():
     assert {"lmseg_vitb16_samb", "lmseg_vitl14_samb", "catseg_vitb16", "catseg_vitl14",
             "lmseg_tiny", "catseg_tiny"} <= set(lmseg.list_models())
-    assert get_config("catseg_vitb16").sam is None
-    assert get_config("lmseg_tiny", fusion={"mode": "pixel"}).fusion.mode == "pixel"
+    assert get_config("catseg_vitb16").spatial_encoder is None
+    assert get_config("lmseg_tiny", fusion={"mode": "pixel"}).fusion["mode"] == "pixel"
     with pytest.raises(KeyError, match="unknown model"):
         lmseg.create_model("nope")
-    with pytest.raises(KeyError, match="unknown override"):
+    with pytest.raises(RegistryError, match="unknown override 'windowsize'"):
         get_config("lmseg_tiny", windowsize=3)
+    with pytest.raises(RegistryError, match="top_k is a runtime option"):
+        get_config("lmseg_tiny", top_k=None)
 
 
 def test_wrong_devices_and_dtypes_are_named(model):

@@ -37,27 +37,30 @@ def test_label_map_at_image_size_for_every_input_kind(segmenter, rgb, tmp_path):
         segmenter.predict(torch.from_numpy(rgb).permute(2, 0, 1), CLASSES),
         segmenter.predict(rgb.astype(np.float32) / 255, CLASSES),
     ]
-    for labels in results:
+    for result in results:
+        labels = result.labels
         assert labels.shape == (50, 70) and labels.dtype == np.int32
         assert labels.min() >= 0 and labels.max() < len(CLASSES)
-        np.testing.assert_array_equal(labels, results[0])
+        np.testing.assert_array_equal(labels, results[0].labels)
+        assert result.classes == CLASSES and result.probabilities is None
 
 
 def test_probabilities_and_sliding_window(segmenter, rgb):
-    labels, probs = segmenter.predict(rgb, CLASSES, return_probabilities=True)
+    result = segmenter.predict(rgb, CLASSES, return_probabilities=True)
+    labels, probs = result.labels, result.probabilities
     assert probs.shape == (3, 50, 70) and ((probs >= 0) & (probs <= 1)).all()
     np.testing.assert_array_equal(labels, probs.argmax(0))
-    sliding, sprobs = segmenter.predict(rgb, CLASSES, sliding_window=True, return_probabilities=True)
+    sliding = segmenter.predict(rgb, CLASSES, sliding_window=True, return_probabilities=True)
     assert sliding.shape == (50, 70)
-    assert not np.allclose(sprobs, probs)
+    assert not np.allclose(sliding.probabilities, probs)
 
 
 def test_class_chunking_does_not_change_labels(rgb):
     model = lmseg.create_model("catseg_tiny")
     classes = [f"thing {i}" for i in range(13)]
-    a = Segmenter(model, class_chunk=64).predict(rgb, classes, sliding_window=True)
-    b = Segmenter(model, class_chunk=4).predict(rgb, classes, sliding_window=True)
-    np.testing.assert_array_equal(a, b)
+    a = Segmenter(model, upsample_chunk=64).predict(rgb, classes, sliding_window=True)
+    b = Segmenter(model, upsample_chunk=4).predict(rgb, classes, sliding_window=True)
+    np.testing.assert_array_equal(a.labels, b.labels)
 
 
 def test_text_embeddings_are_cached_per_vocabulary(segmenter):

@@ -154,10 +154,10 @@ def test_alignment_loss_merges_classes_that_share_a_prompt() -> None:
 
 def test_demo_model_trains_every_parameter() -> None:
     model = build_demo_model(64, "attributes_only", fusion=True)
-    assert model.sam is not None and model.num_prompts == 3
+    assert model.spatial_encoder is not None and model.num_prompts == 3
     assert all(p.requires_grad for p in model.parameters())
-    assert model.clip.grid_size == (8, 8) and model.clip.image_size == (32, 32)
-    assert build_demo_model(64, "template", fusion=False).sam is None
+    assert model.vision_language_encoder.grid_size == (8, 8) and model.vision_language_encoder.image_size == (32, 32)
+    assert build_demo_model(64, "template", fusion=False).spatial_encoder is None
 
 
 def test_one_step_reduces_the_loss_on_its_batch(world: SyntheticWorld) -> None:

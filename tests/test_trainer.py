@@ -13,7 +13,6 @@ import torch
 import yaml
 from PIL import Image
 
-from lmseg.checkpoint import load_model
 from lmseg.cli.train import main as cli_main
 from lmseg.data import SegmentationDataset
 from lmseg.eval.evaluate import (
@@ -23,10 +22,16 @@ from lmseg.eval.evaluate import (
     format_summary,
 )
 from lmseg.eval.metrics import SegmentationMetrics
-from lmseg.factory import create_model
+from lmseg.factory import create_model, load_model
 from lmseg.prompts import encode_prompts, prompts_for
 from lmseg.segmenter import Segmenter, SlidingWindow
-from lmseg.train.config import ConfigError, TrainConfig, list_configs, load_config
+from lmseg.train.config import (
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    list_configs,
+    load_config,
+)
 from lmseg.train.optim import (
     WarmupCosine,
     build_optimizer,
@@ -61,7 +66,7 @@ def tiny_config(output_dir: Path, *overrides: str) -> TrainConfig:
         None,
         [
             "model.name=catseg_tiny",
-            "model.clip_pretrained=null",
+            "model.vision_language_weights=null",
             "solver.iterations=6",
             "solver.batch_size=2",
             "data.min_size=[64]",
@@ -89,7 +94,7 @@ def test_shipped_configs_hold_catseg_recipe():
         c = load_config(name)
         s = c.solver
         assert (s.iterations, s.batch_size, s.lr, s.weight_decay) == (80000, 4, 2e-4, 1e-4)
-        assert (s.clip_lr_multiplier, s.clip_finetune, s.schedule, s.warmup_iters) == (
+        assert (s.vision_language_lr_multiplier, s.vision_language_finetune, s.schedule, s.warmup_iters) == (
             0.01,
             "qv",
             "cosine",
@@ -97,8 +102,8 @@ def test_shipped_configs_hold_catseg_recipe():
         )
         assert s.grad_clip == 0.01 and c.data.crop_size == 384 and c.data.dataset == "coco_train"
         assert c.loss.name == "bce" and c.loss.ignore_mode == "negative"
-        # POOLING_SIZES [2, 2] of CAT-Seg's vitb_384.yaml (pooling is training-only here)
-        assert c.model.overrides == {"aggregator": {"train_pool_size": 2}}
+        # POOLING_SIZES [2, 2] of CAT-Seg's vitb_384.yaml: a training setting, not the model's
+        assert c.train.class_pool_size == 2 and c.model.overrides == {}
         assert c.train.precision == "fp32"  # CAT-Seg trains without AMP
     assert load_config("lmseg_vitb16_coco").model.name == "lmseg_vitb16_samb"
     assert load_config("catseg_vitb16_coco").model.name == "catseg_vitb16"
@@ -110,14 +115,14 @@ def test_overrides_and_errors(tmp_path):
         [
             "solver.lr=1e-4",
             "data.min_size=[320, 384]",
-            "model.overrides.top_k=null",
+            "model.overrides.class_attention=softmax",
             "eval.datasets=[ade150]",
             "train.tensorboard=true",
             "solver.grad_clip=null",
         ],
     )
     assert c.solver.lr == 1e-4 and isinstance(c.solver.lr, float)  # YAML reads 1e-4 as a string
-    assert c.data.min_size == [320, 384] and c.model.overrides["top_k"] is None
+    assert c.data.min_size == [320, 384] and c.model.overrides["class_attention"] == "softmax"
     assert (
         c.eval.datasets == ["ade150"] and c.train.tensorboard is True and c.solver.grad_clip is None
     )
@@ -129,6 +134,20 @@ def test_overrides_and_errors(tmp_path):
         load_config("catseg_vitb16_coco", ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="model"):
         load_config("catseg_vitb16_coco", ["model.overrides.nope=1"])
+    with pytest.raises(ConfigError, match="top_k is a runtime option"):
+        load_config("catseg_vitb16_coco", ["model.overrides.top_k=null"])
+    # The keys of earlier releases still read, mapped onto the role names.
+    old = load_config(
+        "catseg_vitb16_coco",
+        ["solver.clip_finetune=none", "model.clip_pretrained=x.pt",
+         "model.overrides.aggregator.train_pool_size=3"],
+    )
+    assert old.solver.vision_language_finetune == "none"
+    assert old.model.vision_language_weights == "x.pt"
+    assert old.train.class_pool_size == 2  # the shipped config's own value wins over the old key
+    with pytest.raises(ConfigError, match="same setting"):
+        config_from_dict({"model": {"clip_pretrained": "a", "vision_language_weights": "b"}})
+    assert "aggregator" not in old.model.overrides
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
 
@@ -138,19 +157,19 @@ def test_trainable_parameters_follow_recipe():
     model = seeded_model("lmseg_tiny")
     configure_trainable(model, "qv")
     for name, p in model.named_parameters():
-        if name.startswith("clip."):
+        if name.startswith("vision_language_encoder."):
             assert p.requires_grad == name.endswith("attn.in_proj_weight"), name
-        elif name.startswith("sam."):
+        elif name.startswith("spatial_encoder."):
             assert not p.requires_grad, name
         else:
             assert p.requires_grad, name  # aggregator, decoder, SAM adapter, fusion weights
-    groups = build_param_groups(model, lr=2e-4, weight_decay=1e-4, clip_lr_multiplier=0.01)
+    groups = build_param_groups(model, lr=2e-4, weight_decay=1e-4, encoder_lr_multiplier=0.01)
     by_name = {g["name"]: g for g in groups}
-    assert by_name["clip"]["lr"] == pytest.approx(2e-6) and by_name["head"]["lr"] == 2e-4
+    assert by_name["vision_language"]["lr"] == pytest.approx(2e-6) and by_name["head"]["lr"] == 2e-4
     assert by_name["head_no_decay"]["weight_decay"] == 0.0  # LayerNorm / GroupNorm
     head = {id(p) for p in by_name["head"]["params"]}
     assert id(model.fusion.weight_logit) in head
-    assert all(id(p) in head for p in model.sam_adapter.parameters() if p.ndim > 1)
+    assert all(id(p) in head for p in model.spatial_adapter.parameters() if p.ndim > 1)
     grouped = sum(len(g["params"]) for g in groups)
     assert grouped == sum(p.requires_grad for p in model.parameters())
 
@@ -159,10 +178,10 @@ def test_qv_mask_trains_only_q_and_v_rows():
     model = seeded_model()
     mask = configure_trainable(model, "qv")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.5, clip_lr_multiplier=1.0)
-    text = encode_prompts(model.clip, prompts_for(["a cat", "a dog", "grass"], mode="template"))
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.5, encoder_lr_multiplier=1.0)
+    text = encode_prompts(model.text_encoder, prompts_for(["a cat", "a dog", "grass"], mode="template"))
     model(torch.rand(2, 3, 96, 96), text).square().mean().backward()
-    visual = model.clip.model.visual.transformer.resblocks
+    visual = model.vision_language_encoder.model.visual.transformer.resblocks
     w = visual[0].attn.embed_dim
     assert visual[0].attn.in_proj_weight.grad[w : 2 * w].abs().sum() == 0  # k rows masked
     optimizer.step()
@@ -171,7 +190,7 @@ def test_qv_mask_trains_only_q_and_v_rows():
         old = before[name]
         if name.endswith("attn.in_proj_weight"):
             last_visual = name.startswith(
-                f"clip.model.visual.transformer.resblocks.{len(visual) - 1}."
+                f"vision_language_encoder.model.visual.transformer.resblocks.{len(visual) - 1}."
             )
             assert torch.equal(p[w : 2 * w], old[w : 2 * w]), f"k rows changed: {name}"
             assert not torch.equal(p[2 * w :], old[2 * w :]), f"v rows frozen: {name}"
@@ -195,12 +214,12 @@ def test_training_prompts_equal_encode_prompts_and_carry_gradients():
     names = load_vocabulary("voc20")  # a shipped bank: template + three attribute sentences
     prompts = prompts_for(names, mode="attributes")
     assert len(prompts[0]) == 4 and prompts[0][1] != prompts[0][0]
-    tp = TrainingPrompts(prompts, model.clip, class_names=names)
+    tp = TrainingPrompts(prompts, model.text_encoder, class_names=names)
     configure_trainable(model, "qv")
-    emb = tp.encode(model.clip)
-    torch.testing.assert_close(emb, encode_prompts(model.clip, prompts), rtol=0, atol=1e-6)
+    emb = tp.encode(model.text_encoder)
+    torch.testing.assert_close(emb, encode_prompts(model.text_encoder, prompts), rtol=0, atol=1e-6)
     emb.sum().backward()
-    text_attn = model.clip.model.transformer.resblocks[0].attn.in_proj_weight
+    text_attn = model.vision_language_encoder.model.transformer.resblocks[0].attn.in_proj_weight
     assert text_attn.grad is not None and text_attn.grad.abs().sum() > 0
 
 
@@ -259,7 +278,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     final = load_model(run / "model_final.safetensors")
     torch.testing.assert_close(final.state_dict(), resumed.model.state_dict())
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert {"iteration", "loss", "lr", "lr_clip", "grad_norm", "time"} <= set(logs[0])
+    assert {"iteration", "loss", "lr", "lr_vision_language", "grad_norm", "time"} <= set(logs[0])
     assert load_config(run / "config.yaml").to_dict() == tiny_config(run).to_dict()
 
 
@@ -288,14 +307,14 @@ def test_bf16_lmseg_step_keeps_sam_frozen_and_trains_fusion(tmp_path):
         dataset=tiny_dataset(),
     )
     model = trainer.model
-    sam = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    sam = {k: v.clone() for k, v in model.spatial_encoder.state_dict().items()}
     fusion = model.fusion.weight_logit.detach().clone()
     stats = trainer.step()
     assert math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert all(torch.equal(v, sam[k]) for k, v in model.sam.state_dict().items())
+    assert all(torch.equal(v, sam[k]) for k, v in model.spatial_encoder.state_dict().items())
     assert not torch.equal(model.fusion.weight_logit, fusion)
-    assert not model.sam.training and model.aggregator.training
+    assert not model.spatial_encoder.training and model.aggregator.training
 
 
 def test_tensorboard_is_optional(tmp_path):
@@ -347,7 +366,7 @@ def test_batched_evaluation_equals_segmenter(tmp_path, sliding):
     segmenter.window = SlidingWindow(resize=160, window=96, overlap=0.333)
     expected = SegmentationMetrics.for_dataset(dataset.spec)
     for sample in dataset:
-        expected.update(segmenter.predict(sample["image"], dataset.class_names), sample["label"])
+        expected.update(segmenter.predict(sample["image"], dataset.class_names).labels, sample["label"])
     assert result.num_images == 3 and len(result.class_names) == 20
     assert torch.equal(result.confusion_matrix, expected.confusion_matrix)
     assert result.metrics["mIoU"] == expected.compute()["mIoU"]
@@ -431,7 +450,7 @@ def test_train_command_end_to_end(tmp_path, capsys):
     config.write_text(
         yaml.safe_dump(
             {
-                "model": {"name": "catseg_tiny", "clip_pretrained": None},
+                "model": {"name": "catseg_tiny", "vision_language_weights": None},
                 "data": {
                     "root": str(tmp_path / "data"),
                     "min_size": [48],

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import lmseg
-from lmseg.factory import describe_model, get_config
+from lmseg.factory import describe_model, get_variant
 from lmseg.prompts import MissingBankWarning
 from lmseg.visualize import overlay
 
@@ -175,7 +175,7 @@ def overlay_figure() -> Image.Image:
     segmenter = lmseg.Segmenter(lmseg.create_model("lmseg_tiny"))
     with warnings.catch_warnings():  # no shipped bank for these classes: template prompts
         warnings.simplefilter("ignore", MissingBankWarning)
-        labels = segmenter.predict(image, CLASSES)
+        labels = segmenter.predict(image, CLASSES).labels
     return overlay(image, labels, CLASSES)
 
 
@@ -199,8 +199,9 @@ def fusion_weight_figure() -> Image.Image:
     tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0
     with torch.no_grad():
         features = model.encode_image(tensor)
-        assert features.sam_embedding is not None
-        weight = model.fusion.weight(features.clip_embedding, features.sam_embedding)[0, 0].numpy()
+        assert features.spatial_embedding is not None
+        embeddings = (features.vision_language_embedding, features.spatial_embedding)
+        weight = model.fusion.weight(*embeddings)[0, 0].numpy()
     height, width = image.shape[:2]
     heat = Image.fromarray(_colormap(weight)).resize((width, height), Image.Resampling.NEAREST)
     bar_w, pad, top = 16, 12, 28
@@ -222,20 +223,31 @@ def fusion_weight_figure() -> Image.Image:
 # --- the variants table ---------------------------------------------------------------------
 
 
+def _options(section: dict | None, *keys: str) -> str:
+    if section is None:
+        return "—"
+    values = [str(section[k]) for k in keys if section.get(k) is not None]
+    return section["type"] + (f" ({', '.join(values)})" if values else "")
+
+
 def variants_table() -> str:
-    """Markdown table of every registered variant, from ``list_models`` and ``get_config``."""
+    """Markdown table of every registered variant, from ``list_models`` and ``get_variant``."""
     rows = [
-        "| variant | description | CLIP | input | guidance blocks | SAM | fusion | P | top-k | C |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | description | vision-language encoder | input | guidance blocks "
+        "| spatial encoder | fusion | class attention | P | default top-k | C |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in lmseg.list_models():
-        config = get_config(name)
-        sam = f"{config.sam.variant} @{config.sam.image_size}" if config.sam else "—"
-        fusion = f"{config.fusion.mode}, init {config.fusion.init}" if config.fusion else "—"
-        top_k = str(config.top_k) if config.top_k is not None else "all"
+        variant = get_variant(name)
+        config = variant.config
+        vl = config.vision_language_encoder
+        spatial = _options(config.spatial_encoder, "variant", "image_size")
+        fusion = _options(config.fusion, "mode", "init")
+        attention = (config.aggregator.class_attention or {"type": "linear"})["type"]
+        top_k = str(variant.default_top_k) if variant.default_top_k is not None else "all"
         rows.append(
-            f"| `{name}` | {describe_model(name)} | {config.clip.model_name} | {config.clip.image_size} "
-            f"| {', '.join(map(str, config.clip.guidance_layers))} | {sam} | {fusion} "
+            f"| `{name}` | {describe_model(name)} | {vl['type']} {vl['model_name']} | {vl['image_size']} "
+            f"| {', '.join(map(str, vl['guidance_layers']))} | {spatial} | {fusion} | {attention} "
             f"| {config.num_prompts} | {top_k} | {config.aggregator.hidden_dim} |"
         )
     return "\n".join(rows)

@@ -9,6 +9,7 @@ from torch import nn
 
 from lmseg.aggregation.class_aggregation import ClassAggregation
 from lmseg.aggregation.spatial_aggregation import SpatialAggregation
+from lmseg.runtime import RuntimeOptions
 
 
 class AggregationLayer(nn.Module):
@@ -31,13 +32,14 @@ class AggregationLayer(nn.Module):
         text_guidance: torch.Tensor | None,
         *,
         inplace: bool = False,
+        runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """``x (B, K, h, w, C)``, guidance ``(B, h, w, Cg)`` and ``(B, K, Cg)`` -> ``(B, K, h, w, C)``.
 
         ``inplace``: without autograd, update ``x`` itself (the caller owns it).
         """
-        x = self.spatial(x, appearance_guidance, inplace=inplace)
-        return self.classes(x, text_guidance, inplace=inplace)
+        x = self.spatial(x, appearance_guidance, inplace=inplace, runtime=runtime)
+        return self.classes(x, text_guidance, inplace=inplace, runtime=runtime)
 
 
 class CostAggregator(nn.Module):
@@ -82,6 +84,7 @@ class CostAggregator(nn.Module):
         text_embedding: torch.Tensor,
         *,
         inplace: bool = False,
+        runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """Aggregate.
 
@@ -92,6 +95,7 @@ class CostAggregator(nn.Module):
             inplace: without autograd, update ``x`` layer by layer instead of allocating new
                 K-sized tensors, so memory stays at one cost embedding (for callers that own
                 ``x``, as :class:`~lmseg.model.LMSeg` does).
+            runtime: chunk sizes, backend, pooling (:class:`~lmseg.runtime.RuntimeOptions`).
 
         Returns:
             ``(B, K, h, w, C)``.
@@ -106,5 +110,5 @@ class CostAggregator(nn.Module):
             text = self.text_projection(F.normalize(text_embedding.mean(dim=2), dim=-1))
         inplace = inplace and not torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, appearance, text, inplace=inplace)
+            x = layer(x, appearance, text, inplace=inplace, runtime=runtime)
         return x

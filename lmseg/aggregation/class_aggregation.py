@@ -1,14 +1,16 @@
-"""Class aggregation: linear attention across the K classes at every pixel.
+"""Class aggregation: attention across the K classes at every pixel.
 
-CAT-Seg's class transformer layer: the feature map elu(x) + 1 (Katharopoulos et al.,
-"Transformers are RNNs"), 4 heads, no output projection and no positional encoding, so the layer
-is permutation-equivariant over classes. Queries and keys see the projected text guidance
-concatenated to the LayerNorm'd input; values see the LayerNorm'd input alone. Classes are padded
-to ``pad_len`` with a learnable token (and a learnable guidance token), which then take part in
-the attention, as in CAT-Seg.
+CAT-Seg's class transformer layer: 4 heads, no output projection and no positional encoding, so
+the layer is permutation-equivariant over classes. Queries and keys see the projected text
+guidance concatenated to the LayerNorm'd input; values see the LayerNorm'd input alone. Classes
+are padded to ``pad_len`` with a learnable token (and a learnable guidance token), which then take
+part in the attention, as in CAT-Seg. The attention itself is injected
+(:mod:`lmseg.aggregation.class_attention`): linear attention with elu + 1 (Katharopoulos et al.,
+"Transformers are RNNs"; CAT-Seg's default) or softmax attention (its ``"full"``).
 
-xformers no longer ships a linear-attention component, so this is lmseg's own einsum code; it
-accumulates in fp32 under bf16/fp16 autocast. Pixels are independent, so they run in chunks.
+Pixels are independent, so they run in chunks of a token budget: memory does not grow with K
+beyond one pixel's K classes. The plain formulation this is tested against is
+:func:`lmseg.aggregation.reference.class_aggregation`.
 """
 
 from __future__ import annotations
@@ -18,80 +20,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size, device_constant
-
-
-def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
-    """``elu(x) + 1``, the linear-attention feature map, computed as ``exp(min(x, 0)) + max(x, 0)``.
-
-    The same function (to one rounding: ``exp`` instead of ``expm1(x) + 1``), five times faster on
-    CPU, where ``elu``'s ``expm1`` is not vectorised.
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        # Gradient of elu + 1 everywhere, including 1 at x = 0.
-        return torch.where(x > 0, x + 1, x.clamp(max=0).exp())
-    return x.clamp(max=0).exp_().add_(x.clamp(min=0))
-
-
-@device_constant
-def _head_mask(heads: int, dim: int, device: torch.device) -> torch.Tensor:
-    """``(C, C)`` float: 1 where row and column belong to the same head."""
-    block = torch.arange(heads * dim, device=device) // dim
-    return (block[:, None] == block[None, :]).float()
-
-
-def linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eps: float = 1e-6,
-    *,
-    extra_k: torch.Tensor | None = None,
-    extra_v: torch.Tensor | None = None,
-    extra_count: int = 0,
-) -> torch.Tensor:
-    """Multi-head linear attention over the class axis, accumulated in fp32.
-
-    Args:
-        q: queries ``(N, K, heads, d)`` for N independent pixels and K classes.
-        k: keys ``(N, K, heads, d)``.
-        v: values ``(N, K, heads, d)``.
-        eps: added to the normaliser, as CAT-Seg.
-        extra_k: ``(N or 1, heads, d)``: a key occurring ``extra_count`` times among the keys
-            (CAT-Seg's identical padding tokens), added in closed form.
-        extra_v: ``(N or 1, heads, d)``: its value.
-        extra_count: how many times the extra key/value occur.
-
-    Returns:
-        ``(N, K, heads, d)`` in the input dtype: for every query,
-        ``Σ_s φ(q)·φ(k_s) v_s / (Σ_s φ(q)·φ(k_s) + eps)`` over all K + extra_count keys,
-        with φ = elu + 1 and the sums taken within each head.
-
-    All heads run as one ``(K, C) × (C, C)`` product per pixel (C = heads·d) whose off-diagonal
-    head blocks are zeroed: 4× the FLOPs of per-head products at 4 heads, but one dense batched
-    matmul on the tensors' own layout instead of per-head copies, which is faster on CPU. The
-    normaliser rides along as ``heads`` extra columns of the same product.
-    """
-    n, length, heads, d = q.shape
-    c = heads * d
-    dtype = q.dtype
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        # (N, K, heads, d) -> (N, K, C): a view whenever heads and d are contiguous.
-        fq = elu_feature_map(q.reshape(n, length, c).float())
-        fk = elu_feature_map(k.reshape(n, length, c).float())
-        kv = torch.bmm(fk.transpose(1, 2), v.reshape(n, length, c).float())  # (N, C, C)
-        k_sum = fk.sum(dim=1)  # (N, C)
-        if extra_count and extra_k is not None and extra_v is not None:
-            ek = elu_feature_map(extra_k.reshape(-1, c).float())
-            kv = kv + extra_count * (ek[:, :, None] * extra_v.reshape(-1, c).float()[:, None, :])
-            k_sum = k_sum + extra_count * ek
-        mask = _head_mask(heads, d, kv.device)
-        # Columns C..C+heads hold k_sum masked to each head: φ(q) times them is the normaliser.
-        state = torch.cat([kv * mask, k_sum[:, :, None] * mask[:, ::d]], dim=2)  # (N, C, C + heads)
-        out = torch.bmm(fq, state)
-        z = out[..., c:].add_(eps).reciprocal_()  # (N, K, heads)
-        out = out[..., :c].unflatten(-1, (heads, d)) * z[..., None]
-    return out.to(dtype)
+from lmseg.aggregation.class_attention import LinearClassAttention
+from lmseg.aggregation.common import Mlp, add_mlp_residual_, chunk_size, map_chunks
+from lmseg.runtime import RuntimeOptions, runtime_or_default
 
 
 class ClassAggregation(nn.Module):
@@ -103,11 +34,13 @@ class ClassAggregation(nn.Module):
         num_heads: attention heads (4).
         pad_len: classes are padded with learnable tokens up to this length (256); 0 disables.
         mlp_ratio: MLP hidden width over C (4).
-        train_pool_size: average pooling of the cost map before the attention in training mode
-            (CAT-Seg's efficiency trick); none at test time.
-        token_chunk: tokens (pixels × classes) processed together (None: the device's default):
-            every intermediate holds at most this many tokens whatever K is (at least one
-            pixel's K classes); does not change results.
+        attention: the attention across classes (default: :class:`LinearClassAttention`).
+
+    Runtime options (:class:`~lmseg.runtime.RuntimeOptions`, per call): ``token_chunk``, tokens
+    (pixels × classes) processed together, so every intermediate holds at most that many tokens
+    whatever K is (at least one pixel's K classes), without changing results; and
+    ``class_pool_size``, CAT-Seg's average pooling of the cost map before the attention (2 in its
+    training recipe, 1 at test).
     """
 
     def __init__(
@@ -118,14 +51,14 @@ class ClassAggregation(nn.Module):
         num_heads: int = 4,
         pad_len: int = 256,
         mlp_ratio: float = 4.0,
-        train_pool_size: int = 1,
-        token_chunk: int | None = None,
+        attention: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.guidance_dim, self.num_heads = dim, guidance_dim, num_heads
-        self.pad_len, self.train_pool_size, self.token_chunk = pad_len, train_pool_size, token_chunk
+        self.pad_len = pad_len
+        self.attention = attention if attention is not None else LinearClassAttention()
         self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim)) if pad_len > 0 else None
         self.padding_guidance = (
             nn.Parameter(torch.zeros(1, 1, guidance_dim)) if pad_len > 0 and guidance_dim else None
@@ -182,6 +115,7 @@ class ClassAggregation(nn.Module):
         qkv_weight: torch.Tensor,
         class_terms: torch.Tensor,
         padding: tuple[torch.Tensor | None, torch.Tensor | None, int],
+        runtime: RuntimeOptions,
         *,
         inplace: bool = False,
     ) -> torch.Tensor:
@@ -196,16 +130,23 @@ class ClassAggregation(nn.Module):
             part.reshape(b * n, num_classes, self.num_heads, -1) for part in qkv.split(d, dim=-1)
         )
         pad_k, pad_v, count = padding
-        out = linear_attention(q, k, v, extra_k=pad_k, extra_v=pad_v, extra_count=count)
+        out = self.attention(
+            q, k, v, extra_k=pad_k, extra_v=pad_v, extra_count=count, runtime=runtime
+        )
         out = out.reshape(t.shape)
         if not inplace:
             t = t + out
             return t + self.mlp(self.norm2(t))
         t += out
-        return add_mlp_residual_(t, self.norm2, self.mlp)
+        return add_mlp_residual_(t, self.norm2, self.mlp, runtime.mlp_rows)
 
     def forward(
-        self, x: torch.Tensor, guidance: torch.Tensor | None, *, inplace: bool = False
+        self,
+        x: torch.Tensor,
+        guidance: torch.Tensor | None,
+        *,
+        inplace: bool = False,
+        runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """Aggregate across classes.
 
@@ -214,13 +155,15 @@ class ClassAggregation(nn.Module):
             guidance: projected text guidance ``(B, K, Cg)`` or None.
             inplace: without autograd, overwrite ``x`` chunk by chunk instead of allocating a
                 second K-sized tensor (for callers that own ``x``).
+            runtime: chunk sizes, pooling, attention backend (defaults when None).
 
         Returns:
             ``(B, K, h, w, C)``: ``x + y`` where y is the attended (and, when pooled,
             upsampled) map, exactly CAT-Seg's double residual.
         """
+        runtime = runtime_or_default(runtime)
         b, num_classes, h, w, c = x.shape
-        pool = self.train_pool_size if self.training else 1
+        pool = runtime.class_pool_size
         pooled = x
         if pool > 1:
             pooled = rearrange(x, "b k h w c -> (b k) c h w")
@@ -235,28 +178,29 @@ class ClassAggregation(nn.Module):
         d = self.dim
         terms = self._class_terms(guidance if with_guidance else None)
         qkv_weight = torch.cat([self.q.weight[:, :d], self.k.weight[:, :d], self.v.weight])
+        step = max(1, chunk_size(runtime.token_chunk, "tokens", x.device) // (b * num_classes))
 
-        n = tokens.shape[1]
-        step = max(1, chunk_size(self.token_chunk, "tokens", x.device) // (b * num_classes))
         if pool == 1 and not torch.is_grad_enabled():
             # Inference: write x + y chunk by chunk, never holding a full-size y. Each chunk is
-            # copied to a contiguous block (the attention then updates that copy in place).
-            out = x if inplace else torch.empty_like(x)
-            out_tokens = rearrange(out, "b k h w c -> b (h w) k c")
-            for i in range(0, n, step):
-                chunk = tokens[:, i : i + step]  # read before the same pixels are written
+            # copied to a contiguous block, which the attention then updates in place.
+            def attend_and_add(chunk: torch.Tensor) -> torch.Tensor:
                 t = chunk.clone(memory_format=torch.contiguous_format)
-                y = self._attend(t, qkv_weight, terms, padding, inplace=True)
-                out_tokens[:, i : i + step] = y.add_(chunk)
+                y = self._attend(t, qkv_weight, terms, padding, runtime, inplace=runtime.inplace)
+                return y.add_(chunk)
+
+            out = x if inplace and runtime.inplace else torch.empty_like(x)
+            out_tokens = rearrange(out, "b k h w c -> b (h w) k c")
+            result = map_chunks(attend_and_add, tokens, dim=1, step=step, out=out_tokens)
+            if result is not out_tokens:  # a single chunk: returned, not written
+                out_tokens.copy_(result)
             return out
-        if n <= step:
-            y = self._attend(tokens, qkv_weight, terms, padding)
-        else:
-            y = torch.cat(
-                [self._attend(tokens[:, i : i + step], qkv_weight, terms, padding)
-                 for i in range(0, n, step)],
-                1,
-            )
+
+        y = map_chunks(
+            lambda chunk: self._attend(chunk, qkv_weight, terms, padding, runtime),
+            tokens,
+            dim=1,
+            step=step,
+        )
         y = rearrange(y, "b (h w) k c -> b k h w c", h=hp, w=wp)
         if pool > 1:
             y = rearrange(y, "b k h w c -> (b k) c h w")

@@ -1,10 +1,11 @@
-"""Pieces shared by the spatial and class aggregators: the attention backend switch and the MLP.
+"""Pieces shared by the aggregation blocks: softmax attention, chunking and the MLP.
 
-One switch decides how windowed softmax attention runs: PyTorch's
-``scaled_dot_product_attention`` (the default, fused on every device), xformers'
-memory-efficient attention where it is installed *and* its kernels load on the device (the
-PyPI wheel is often built for another torch: a tiny trial call detects that, warns once and
-falls back), or a plain matmul-softmax path kept as the readable reference.
+One function runs softmax attention, with the backend named by the caller's runtime options
+(:class:`lmseg.runtime.RuntimeOptions`): PyTorch's ``scaled_dot_product_attention`` (the
+default, fused on every device), xformers' memory-efficient attention where it is installed *and*
+its kernels load on the device (the PyPI wheel is often built for another torch: a tiny trial
+call detects that, warns once and falls back), or a plain matmul-softmax path kept as the
+readable reference.
 """
 
 from __future__ import annotations
@@ -12,49 +13,18 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmseg.runtime import ATTENTION_BACKENDS, AttentionBackend
+
 logger = logging.getLogger(__name__)
 
-AttentionBackend = Literal["sdpa", "xformers", "math"]
-_BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
-_backend: AttentionBackend = "sdpa"
 _xformers_ok: dict[str, bool] = {}
-
-
-def set_attention_backend(name: AttentionBackend) -> None:
-    """Select the softmax-attention backend used by every lmseg block.
-
-    Args:
-        name: ``"sdpa"`` (default), ``"xformers"`` (falls back to sdpa, with one warning, where
-            xformers is missing or its kernels do not run on the device) or ``"math"``.
-    """
-    global _backend
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {_BACKENDS}")
-    _backend = name
-
-
-def get_attention_backend() -> AttentionBackend:
-    """The backend selected with :func:`set_attention_backend`."""
-    return _backend
-
-
-@contextmanager
-def attention_backend(name: AttentionBackend) -> Iterator[None]:
-    """Temporarily select an attention backend (``with attention_backend("math"): ...``)."""
-    previous = _backend
-    set_attention_backend(name)
-    try:
-        yield
-    finally:
-        set_attention_backend(previous)
 
 
 def xformers_available(device: torch.device | str) -> bool:
@@ -83,32 +53,41 @@ def xformers_available(device: torch.device | str) -> bool:
 
 
 def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    backend: AttentionBackend = "sdpa",
 ) -> torch.Tensor:
-    """Scaled dot-product attention through the selected backend.
+    """Scaled dot-product attention through one backend.
 
     Args:
         q: queries ``(..., heads, N, d)``; any number of leading batch dimensions.
-        k: keys ``(..., heads, N, d)``.
-        v: values ``(..., heads, N, d)``.
-        bias: additive attention bias broadcastable to ``(..., heads, N, N)``, or None.
+        k: keys ``(..., heads, M, d)``.
+        v: values ``(..., heads, M, d)``.
+        bias: additive attention bias broadcastable to ``(..., heads, N, M)``, or None.
+        backend: ``"sdpa"``, ``"xformers"`` (sdpa where it does not run) or ``"math"``.
 
     Returns:
         ``(..., heads, N, d)``, softmax(q kᵀ / √d + bias) v.
     """
-    backend = _backend
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
     if backend == "xformers" and xformers_available(q.device):
         import xformers.ops as xops  # type: ignore[import-not-found]
 
         lead = q.shape[:-3]
         heads, n, d = q.shape[-3:]
+        m = k.shape[-2]
+
         # xformers wants (batch, N, heads, d) with one batch dimension and a dense bias.
         def to_x(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(-1, heads, n, d).transpose(1, 2)
+            return t.reshape(-1, heads, t.shape[-2], d).transpose(1, 2)
 
         attn_bias = None
         if bias is not None:
-            attn_bias = bias.to(q.dtype).expand(*lead, heads, n, n).reshape(-1, heads, n, n)
+            attn_bias = bias.to(q.dtype).expand(*lead, heads, n, m).reshape(-1, heads, n, m)
         out = xops.memory_efficient_attention(to_x(q), to_x(k), to_x(v), attn_bias=attn_bias)
         return out.transpose(1, 2).reshape(q.shape)
     if backend == "math":
@@ -150,6 +129,52 @@ CHUNK_DEFAULTS: dict[str, dict[str, int]] = {
     "cpu": {"classes": 8, "tokens": 4096, "mlp_rows": 2048},
     "gpu": {"classes": 64, "tokens": 65536, "mlp_rows": 1 << 30},
 }
+
+
+def map_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    dim: int,
+    step: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``fn`` applied to consecutive slices of ``x`` along ``dim``, ``step`` at a time.
+
+    The one chunk loop of the aggregation blocks and the decoder. ``fn`` maps a slice to a result
+    whose size along ``dim`` equals the slice's (other dimensions may differ: the decoder
+    upsamples). With autograd the parts are concatenated; without, each part is written into
+    ``out`` (``x`` itself for in-place use, since a slice is read before the same slice is
+    written) or into a tensor allocated from the first part's shape, so at most one part is
+    alive besides the output.
+
+    Args:
+        fn: the per-chunk computation.
+        x: input; split along ``dim``.
+        dim: the chunked dimension (classes or pixels).
+        step: slice length (the last may be shorter).
+        out: where to write the result without autograd (None: a new tensor).
+
+    Returns:
+        The results along ``dim`` in order (``out`` when given and more than one slice ran).
+    """
+    size = x.shape[dim]
+    if size <= step:
+        return fn(x)
+    parts = x.split(step, dim)
+    if torch.is_grad_enabled():
+        return torch.cat([fn(part) for part in parts], dim)
+    start = 0
+    for part in parts:
+        y = fn(part)
+        if out is None:
+            shape = list(y.shape)
+            shape[dim] = size
+            out = y.new_empty(shape)
+        out.narrow(dim, start, y.shape[dim]).copy_(y)
+        start += y.shape[dim]
+    assert out is not None
+    return out
 
 
 def chunk_size(

@@ -7,7 +7,8 @@ embedding alone.
 
 Because the guidance is the same for every class, its contribution to Q and K is computed once
 per image (the concatenation ``[x, g] @ Wᵀ`` is split into ``x @ W_xᵀ + g @ W_gᵀ``) and classes
-run in chunks, so peak memory is bounded by the chunk size rather than by K.
+run in chunks, so peak memory is bounded by the chunk size rather than by K. The plain
+formulation this is tested against is :func:`lmseg.aggregation.reference.spatial_aggregation`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from lmseg.aggregation.common import (
     add_mlp_residual_,
     chunk_size,
     device_constant,
+    map_chunks,
     softmax_attention,
 )
+from lmseg.runtime import RuntimeOptions, runtime_or_default
 
 # CAT-Seg's additive mask value between tokens of different sub-windows after the cyclic shift.
 SHIFT_MASK_VALUE = -100.0
@@ -133,6 +136,7 @@ class GuidedSwinBlock(nn.Module):
         grid: tuple[int, int],
         *,
         inplace: bool = False,
+        runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """Apply the block to a chunk of classes whose tokens are in this block's window order.
 
@@ -146,10 +150,12 @@ class GuidedSwinBlock(nn.Module):
             guidance_k: key term, likewise.
             grid: (h, w).
             inplace: without autograd, add the residuals into ``x`` (the caller owns it).
+            runtime: attention backend and MLP row blocks (defaults when None).
 
         Returns:
             ``(B, K, h·w, C)`` in the same order.
         """
+        runtime = runtime_or_default(runtime)
         b, k_classes, length, c = x.shape
         window, shift = self.geometry(*grid)
         n = window * window
@@ -167,13 +173,13 @@ class GuidedSwinBlock(nn.Module):
             return t.view(b * k_classes, length // n, n, self.num_heads, -1).transpose(2, 3)
 
         mask = shifted_window_mask(*grid, window, shift, x.device, q.dtype) if shift else None
-        out = softmax_attention(heads(q), heads(k), heads(v), mask)
+        out = softmax_attention(heads(q), heads(k), heads(v), mask, backend=runtime.attention_backend)
         out = self.proj(out.transpose(2, 3).reshape(b, k_classes, length, c))
         if not inplace:
             x = x + out
             return x + self.mlp(self.norm2(x))
         x += out
-        return add_mlp_residual_(x, self.norm2, self.mlp)
+        return add_mlp_residual_(x, self.norm2, self.mlp, runtime.mlp_rows)
 
 
 class SpatialAggregation(nn.Module):
@@ -185,9 +191,11 @@ class SpatialAggregation(nn.Module):
         num_heads: attention heads (4).
         window_size: window side (12); the second block shifts by half of it.
         mlp_ratio: MLP ratio (4).
-        class_chunk: classes processed together (None: the device's default, see
-            :func:`~lmseg.aggregation.common.chunk_size`); bounds peak memory, does not change
-            results.
+
+    The runtime option ``class_chunk`` (:class:`~lmseg.runtime.RuntimeOptions`) sets how many
+    classes run together (None: the device's default, see
+    :func:`~lmseg.aggregation.common.chunk_size`); it bounds peak memory and does not change
+    results.
     """
 
     def __init__(
@@ -198,10 +206,8 @@ class SpatialAggregation(nn.Module):
         num_heads: int = 4,
         window_size: int = 12,
         mlp_ratio: float = 4.0,
-        class_chunk: int | None = None,
     ) -> None:
         super().__init__()
-        self.class_chunk = class_chunk
         self.blocks = nn.ModuleList(
             [
                 GuidedSwinBlock(
@@ -218,7 +224,12 @@ class SpatialAggregation(nn.Module):
         self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
 
     def forward(
-        self, x: torch.Tensor, guidance: torch.Tensor | None, *, inplace: bool = False
+        self,
+        x: torch.Tensor,
+        guidance: torch.Tensor | None,
+        *,
+        inplace: bool = False,
+        runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """Aggregate every class's cost map spatially.
 
@@ -227,10 +238,12 @@ class SpatialAggregation(nn.Module):
             guidance: projected appearance guidance ``(B, h, w, Cg)`` or None.
             inplace: without autograd, overwrite ``x`` chunk by chunk instead of allocating a
                 second K-sized tensor (for callers that own ``x``).
+            runtime: class chunk, attention backend, in-place residuals (defaults when None).
 
         Returns:
-            ``(B, K, h, w, C)``, bit-for-bit independent of ``class_chunk``.
+            ``(B, K, h, w, C)``, bit-for-bit independent of the class chunk.
         """
+        runtime = runtime_or_default(runtime)
         h, w = x.shape[2:4]
         if guidance is not None and self.guidance_norm is not None:
             guidance = self.guidance_norm(guidance).flatten(1, 2)  # (B, h·w, Cg)
@@ -243,23 +256,17 @@ class SpatialAggregation(nn.Module):
         # Slot of every token in each order; chaining gathers moves between orders directly.
         slots = [torch.argsort(order) for order in orders]
         gathers = [orders[0]] + [slots[i - 1][orders[i]] for i in range(1, len(orders))]
-
-        inplace_blocks = not torch.is_grad_enabled()
+        inplace_blocks = runtime.inplace and not torch.is_grad_enabled()
 
         def run(chunk: torch.Tensor) -> torch.Tensor:
             t = chunk.flatten(2, 3)
             for block, gather, (gq, gk) in zip(blocks, gathers, terms, strict=True):
                 # The gather makes a fresh tensor, which the block may then update in place.
-                t = block(t.index_select(2, gather), gq, gk, (h, w), inplace=inplace_blocks)
+                t = block(
+                    t.index_select(2, gather), gq, gk, (h, w), inplace=inplace_blocks, runtime=runtime
+                )
             return t.index_select(2, slots[-1]).view(chunk.shape)
 
-        num_classes = x.shape[1]
-        step = chunk_size(self.class_chunk, "classes", x.device)
-        if num_classes <= step:
-            return run(x)
-        if torch.is_grad_enabled():
-            return torch.cat([run(x[:, i : i + step]) for i in range(0, num_classes, step)], 1)
-        out = x if inplace else torch.empty_like(x)
-        for i in range(0, num_classes, step):
-            out[:, i : i + step] = run(x[:, i : i + step])  # the chunk is read before it is written
-        return out
+        step = chunk_size(runtime.class_chunk, "classes", x.device)
+        out = x if inplace and runtime.inplace else None
+        return map_chunks(run, x, dim=1, step=step, out=out)

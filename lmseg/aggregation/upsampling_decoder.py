@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lmseg.aggregation.common import chunk_size
+from lmseg.aggregation.common import chunk_size, map_chunks
+from lmseg.runtime import RuntimeOptions, runtime_or_default
 
 
 class DoubleConv(nn.Module):
@@ -106,8 +107,9 @@ class UpsamplingDecoder(nn.Module):
         guidance_dims: channels of the upsampled CLIP guidance ((256, 128)).
         guidance_proj_dims: channels after the 3×3 guidance projections ((32, 16)).
         decoder_dims: output channels of the two stages ((64, 32)).
-        class_chunk: classes decoded together (None: the device's default); bounds memory,
-            changes results only by float rounding.
+
+    The runtime option ``class_chunk`` sets how many classes are decoded together (None: the
+    device's default); it bounds memory and changes results only by float rounding.
     """
 
     def __init__(
@@ -118,10 +120,8 @@ class UpsamplingDecoder(nn.Module):
         guidance_dims: Sequence[int] = (256, 128),
         guidance_proj_dims: Sequence[int] = (32, 16),
         decoder_dims: Sequence[int] = (64, 32),
-        class_chunk: int | None = None,
     ) -> None:
         super().__init__()
-        self.class_chunk = class_chunk
         self.guidance_upsamplers = nn.ModuleList()
         self.guidance_projections = nn.ModuleList()
         if clip_width > 0:
@@ -172,29 +172,24 @@ class UpsamplingDecoder(nn.Module):
         return rearrange(self.head(y), "(b k) 1 h w -> b k h w", b=b, k=num_classes)
 
     def forward(
-        self, x: torch.Tensor, guidance: Sequence[torch.Tensor | None]
+        self,
+        x: torch.Tensor,
+        guidance: Sequence[torch.Tensor | None],
+        *,
+        runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """Decode every class.
 
         Args:
             x: aggregated cost embedding ``(B, K, h, w, C)``.
             guidance: output of :meth:`prepare_guidance`.
+            runtime: the class chunk (defaults when None).
 
         Returns:
             Logits ``(B, K, 4h, 4w)``.
         """
+        runtime = runtime_or_default(runtime)
         stages: list[UpStage] = list(self.stages)  # type: ignore[arg-type]
         terms = [stage.guidance_term(g) for stage, g in zip(stages, guidance, strict=True)]
-        num_classes = x.shape[1]
-        step = chunk_size(self.class_chunk, "classes", x.device)
-        if num_classes <= step:
-            return self._decode(x, terms)
-        if torch.is_grad_enabled():
-            parts = [self._decode(x[:, i : i + step], terms) for i in range(0, num_classes, step)]
-            return torch.cat(parts, dim=1)
-        first = self._decode(x[:, :step], terms)
-        out = first.new_empty(x.shape[0], num_classes, *first.shape[2:])
-        out[:, :step] = first
-        for i in range(step, num_classes, step):
-            out[:, i : i + step] = self._decode(x[:, i : i + step], terms)
-        return out
+        step = chunk_size(runtime.class_chunk, "classes", x.device)
+        return map_chunks(lambda part: self._decode(part, terms), x, dim=1, step=step)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-__all__ = ["run_command"]
+__all__ = [
+    "add_model_arguments",
+    "add_runtime_arguments",
+    "model_from_args",
+    "run_command",
+    "runtime_from_args",
+]
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -15,3 +22,63 @@ def run_command(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--checkpoint`` and the per-role weights options of every command that
+    builds a model."""
+    from lmseg.factory import list_models
+
+    parser.add_argument("--model", help=f"model variant ({', '.join(list_models())})")
+    parser.add_argument("--checkpoint", help="lmseg .safetensors checkpoint")
+    parser.add_argument(
+        "--vision-language-weights",
+        metavar="TAG_OR_FILE",
+        help="weights of the vision-language encoder (CLIP role): open_clip tag or file",
+    )
+    parser.add_argument(
+        "--spatial-weights",
+        metavar="FILE",
+        help="weights of the spatial encoder (SAM role): official checkpoint file",
+    )
+    # The names of earlier releases.
+    parser.add_argument("--clip-pretrained", dest="vision_language_weights", help=argparse.SUPPRESS)
+    parser.add_argument("--sam-checkpoint", dest="spatial_weights", help=argparse.SUPPRESS)
+
+
+def model_from_args(args: argparse.Namespace) -> Any:
+    """The model that :func:`add_model_arguments`' options name."""
+    from lmseg.factory import create_model, load_model
+
+    if args.model is None and args.checkpoint is None:
+        raise ValueError("give --model NAME and/or --checkpoint PATH")
+    if args.model is None:
+        return load_model(args.checkpoint)
+    return create_model(
+        args.model,
+        pretrained=args.checkpoint,
+        vision_language_weights=args.vision_language_weights,
+        spatial_weights=args.spatial_weights,
+    )
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--exact`` and ``--top-k``: how the model runs (never saved with it)."""
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    filtering = parser.add_mutually_exclusive_group()
+    filtering.add_argument("--exact", action="store_true", help="no class filtering (all K classes)")
+    filtering.add_argument(
+        "--top-k", type=int, metavar="N", help="keep the N classes of highest initial similarity"
+    )
+
+
+def runtime_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~lmseg.runtime.RuntimeOptions` of :func:`add_runtime_arguments`' options."""
+    from lmseg.runtime import RuntimeOptions
+
+    top_k: Any = "auto"
+    if args.exact:
+        top_k = None
+    elif args.top_k is not None:
+        top_k = args.top_k
+    return RuntimeOptions(precision=args.precision, top_k=top_k)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from lmseg.factory import list_models
+from lmseg.cli.common import (
+    add_model_arguments,
+    add_runtime_arguments,
+    model_from_args,
+    runtime_from_args,
+)
 
 __all__ = ["register"]
 
@@ -17,14 +22,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--classes", help="comma-separated class names")
     p.add_argument("--vocabulary", help="a shipped vocabulary (ade150, ade847, pc59, ...)")
-    p.add_argument("--model", help=f"model variant ({', '.join(list_models())})")
-    p.add_argument("--checkpoint", help="lmseg .safetensors checkpoint")
-    p.add_argument("--clip-pretrained", help="CLIP weights: open_clip tag or file")
-    p.add_argument("--sam-checkpoint", help="official SAM checkpoint file")
+    add_model_arguments(p)
     p.add_argument("--out", default="lmseg_out", help="output folder (default: lmseg_out)")
     p.add_argument("--sliding-window", action="store_true", help="CAT-Seg sliding-window inference")
-    p.add_argument("--exact", action="store_true", help="no class filtering (all K classes)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_runtime_arguments(p)
     p.add_argument("--save-labels", action="store_true", help="also write label maps as .npy")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_predict)
@@ -33,14 +34,9 @@ def register(subparsers: Any) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import sys
 
-    import numpy as np
     from tqdm import tqdm
 
-    from lmseg.checkpoint import load_model
-    from lmseg.factory import create_model
-    from lmseg.io import load_image
     from lmseg.segmenter import Segmenter
-    from lmseg.visualize import overlay
     from lmseg.vocabularies import load_vocabulary
 
     if bool(args.classes) == bool(args.vocabulary):
@@ -50,32 +46,17 @@ def _predict(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.classes.split(",")]
     else:
         classes = load_vocabulary(args.vocabulary)
-    if args.model is None and args.checkpoint is None:
-        print("error: give --model NAME and/or --checkpoint PATH", file=sys.stderr)
-        return 2
-    if args.model is None:
-        model = load_model(args.checkpoint)
-    else:
-        model = create_model(
-            args.model,
-            pretrained=args.checkpoint,
-            clip_pretrained=args.clip_pretrained,
-            sam_checkpoint=args.sam_checkpoint,
-        )
-    if args.exact:
-        model.top_k = None
-    segmenter = Segmenter(model, sliding_window=args.sliding_window, precision=args.precision)
+    model = model_from_args(args)
+    segmenter = Segmenter(model, sliding_window=args.sliding_window, runtime=runtime_from_args(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = list(args.images)
     for path in tqdm(images, desc="segmenting", disable=len(images) < 2 or args.quiet):
-        labels = cast(np.ndarray, segmenter.predict(path, classes))
-        pixels = (load_image(path).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        result = segmenter.predict(path, classes)
         stem = Path(path).stem
-        overlay(pixels, labels, classes).save(out / f"{stem}_overlay.png")
+        result.save_overlay(out / f"{stem}_overlay.png", overwrite=True)
         if args.save_labels:
-            np.save(out / f"{stem}_labels.npy", labels)
+            result.save_labels(out / f"{stem}_labels.npy", overwrite=True)
         if not args.quiet:
-            present = np.unique(labels)
-            tqdm.write(f"{path}: {len(present)} classes -> {out / (stem + '_overlay.png')}")
+            tqdm.write(f"{path}: {len(result.present())} classes -> {out / (stem + '_overlay.png')}")
     return 0

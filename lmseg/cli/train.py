@@ -12,7 +12,13 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from lmseg.cli.common import run_command
+from lmseg.cli.common import (
+    add_model_arguments,
+    add_runtime_arguments,
+    model_from_args,
+    run_command,
+    runtime_from_args,
+)
 
 __all__ = ["main", "register"]
 
@@ -46,10 +52,7 @@ def register(subparsers: Any) -> None:
         description="Evaluate a model (mIoU, fwIoU, mAcc, pAcc, per-class IoU) on prepared "
         "datasets under --root / $DETECTRON2_DATASETS (docs/datasets.md).",
     )
-    e.add_argument("--model", help="model variant (optional with --checkpoint)")
-    e.add_argument("--checkpoint", help="lmseg .safetensors checkpoint")
-    e.add_argument("--clip-pretrained", help="CLIP weights: open_clip tag or file")
-    e.add_argument("--sam-checkpoint", help="official SAM checkpoint file")
+    add_model_arguments(e)
     target = e.add_mutually_exclusive_group(required=True)
     target.add_argument("--dataset", action="append", help="dataset name (repeatable)")
     target.add_argument(
@@ -66,11 +69,10 @@ def register(subparsers: Any) -> None:
         help="CAT-Seg's sliding-window inference (default)",
     )
     mode.add_argument("--whole", dest="sliding", action="store_false", help="whole-image inference")
-    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_runtime_arguments(e)
     e.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     e.add_argument("--num-workers", type=int, default=2)
     e.add_argument("--limit", type=int, help="only the first N images of each dataset")
-    e.add_argument("--exact", action="store_true", help="no class filtering (all K classes)")
     e.add_argument("--prompt-mode", help="prompt mode (default from the model's P)")
     e.add_argument("--prompt-bank", help="prompt bank name or path for every dataset")
     e.add_argument(
@@ -109,22 +111,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(args: argparse.Namespace) -> Any:
-    from lmseg.checkpoint import load_model
-    from lmseg.factory import create_model
-
-    if args.model is None and args.checkpoint is None:
-        raise ValueError("give --model NAME and/or --checkpoint PATH")
-    if args.model is None:
-        return load_model(args.checkpoint)
-    return create_model(
-        args.model,
-        pretrained=args.checkpoint,
-        clip_pretrained=args.clip_pretrained,
-        sam_checkpoint=args.sam_checkpoint,
-    )
-
-
 def _eval(args: argparse.Namespace) -> int:
     from lmseg.eval.evaluate import (
         SWEEP_DATASETS,
@@ -136,13 +122,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     info = init_distributed(args.device)
     try:
-        model = _load_model(args).to(info.device)
-        if args.exact:
-            model.top_k = None
+        model = model_from_args(args).to(info.device)
         options = EvalOptions(
             sliding_window=args.sliding,
             batch_size=args.batch_size,
-            precision=args.precision,
+            runtime=runtime_from_args(args),
             test_short_edge=args.test_size or None,
             num_workers=args.num_workers,
             limit=args.limit,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,22 +24,18 @@ from einops import rearrange
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from lmseg.encoders.base import (
+    VISION_LANGUAGE_ENCODERS,
+    AttentionWeights,
+    DenseFeatures,
+    VisionLanguageEncoder,
+)
 from lmseg.weights import WeightsNotFoundError
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class CLIPFeatures:
-    """Dense CLIP output.
-
-    Attributes:
-        embedding: dense joint-space embedding ``F_c`` ``(B, D, h, w)``.
-        guidance: outputs of the guidance blocks, each ``(B, width, h, w)``.
-    """
-
-    embedding: torch.Tensor
-    guidance: list[torch.Tensor]
+# Kept for code written against earlier releases: the dense output of any vision-language encoder.
+CLIPFeatures = DenseFeatures
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -50,8 +45,10 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-class CLIPEncoder(nn.Module):
-    """CLIP image and text towers with a dense image path.
+class CLIPEncoder(VisionLanguageEncoder):
+    """An open_clip CLIP ViT (OpenAI or LAION weights) as the vision-language encoder.
+
+    Registered as ``"open_clip"``.
 
     Args:
         model: an ``open_clip`` ``CLIP`` model (OpenAI layout: ``visual`` is a ViT, the text
@@ -103,6 +100,12 @@ class CLIPEncoder(nn.Module):
     def width(self) -> int:
         """Width of the vision transformer (the guidance channels)."""
         return int(self.model.visual.conv1.out_channels)
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        """OpenAI CLIP's RGB mean (what CAT-Seg's zero padding of normalised images shows)."""
+        r, g, b = (float(v) for v in self.mean.flatten().tolist())
+        return r, g, b
 
     @property
     def patch_size(self) -> int:
@@ -167,11 +170,11 @@ class CLIPEncoder(nn.Module):
         x = self._dense_block(blocks[-1], x) if dense else blocks[-1](x)
         return x, taps
 
-    def forward(self, images: torch.Tensor) -> CLIPFeatures:
+    def forward(self, images: torch.Tensor) -> DenseFeatures:
         """Dense features of ``(B, 3, H, W)`` RGB images in [0, 1].
 
         Returns:
-            :class:`CLIPFeatures` with ``embedding (B, D, h, w)`` and the guidance taps
+            :class:`DenseFeatures` with ``embedding (B, D, h, w)`` and the guidance taps
             ``(B, width, h, w)``.
         """
         x, grid = self._tokens(self.preprocess(images))
@@ -179,7 +182,7 @@ class CLIPEncoder(nn.Module):
         visual = self.model.visual
         x = visual.ln_post(x[:, 1:]) @ visual.proj
         h, w = grid
-        return CLIPFeatures(
+        return DenseFeatures(
             embedding=rearrange(x, "b (h w) d -> b d h w", h=h, w=w),
             guidance=[rearrange(t, "b (h w) c -> b c h w", h=h, w=w) for t in taps],
         )
@@ -222,6 +225,82 @@ class CLIPEncoder(nn.Module):
         """Weights of the text tower (everything but ``visual.*``), for embedding-cache keys."""
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith("visual.")}
 
+    # -- fine-tuning -------------------------------------------------------------------------
+    def attention_weights(self) -> list[AttentionWeights]:
+        """Packed ``in_proj_weight`` of every attention block of both towers.
+
+        open_clip keeps q; k; v as row blocks of one ``(3·width, width)`` tensor. The last vision
+        block runs in dense mode, which uses only the value path: its q and k rows are unused.
+        """
+        towers = [("model.visual.transformer", self.model.visual.transformer, True)]
+        if hasattr(self.model, "transformer"):
+            towers.append(("model.transformer", self.model.transformer, False))
+        found = []
+        for prefix, transformer, is_visual in towers:
+            blocks = transformer.resblocks
+            for i, block in enumerate(blocks):
+                attn = block.attn
+                if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+                    raise TypeError(f"{prefix}.resblocks.{i}.attn is not a packed nn.MultiheadAttention")
+                w = attn.embed_dim
+                dense = is_visual and i == len(blocks) - 1
+                found.append(
+                    AttentionWeights(
+                        name=f"{prefix}.resblocks.{i}.attn.in_proj_weight",
+                        weight=attn.in_proj_weight,
+                        rows={"q": slice(0, w), "k": slice(w, 2 * w), "v": slice(2 * w, 3 * w)},
+                        unused=frozenset({"q", "k"}) if dense else frozenset(),
+                    )
+                )
+        return found
+
+
+def _known_open_clip_name(name: str, what: str) -> str:
+    """Refuse names open_clip would resolve remotely or on disk (``hf-hub:``, ``local-dir:``):
+    a config may only name open_clip's built-in architectures."""
+    if not isinstance(name, str) or name not in open_clip.list_models():
+        raise ValueError(
+            f"{what} {name!r} is not one of open_clip's built-in model configs "
+            "(see open_clip.list_models()); pass custom sizes as model_cfg"
+        )
+    return name
+
+
+@VISION_LANGUAGE_ENCODERS.register("open_clip")
+def build_open_clip_encoder(
+    *,
+    model_name: str = "ViT-B-16",
+    image_size: int | Sequence[int] = 384,
+    guidance_layers: Sequence[int] = (3, 7),
+    model_cfg: dict[str, Any] | None = None,
+    tokenizer_name: str = "ViT-B-16",
+    quick_gelu: bool = True,
+    weights: str | None = None,
+    cache_dir: str | None = None,
+) -> CLIPEncoder:
+    """Build an open_clip CLIP ViT as the vision-language encoder.
+
+    Args:
+        model_name: an open_clip built-in architecture (``"ViT-B-16"``, ``"ViT-L-14-336"``);
+            ignored when ``model_cfg`` is given.
+        image_size: input size of the dense path (384 for ViT-B/16 in CAT-Seg).
+        guidance_layers: indices of the blocks whose outputs guide the decoder.
+        model_cfg: a full open_clip model config for custom sizes (tiny test models).
+        tokenizer_name: open_clip built-in model whose tokenizer to use.
+        quick_gelu: QuickGELU (OpenAI CLIP's activation, hence CAT-Seg's and LMSeg's).
+        weights: open_clip pretrained tag (``"openai"``) or a weights file; None: random.
+        cache_dir: open_clip's download cache.
+    """
+    if model_cfg is None:
+        _known_open_clip_name(model_name, "model_name")
+    _known_open_clip_name(tokenizer_name, "tokenizer_name")
+    model = load_clip_model(
+        model_name, weights, cache_dir=cache_dir, model_cfg=model_cfg, quick_gelu=quick_gelu
+    )
+    return CLIPEncoder(
+        model=model, image_size=image_size, guidance_layers=guidance_layers, tokenizer_name=tokenizer_name
+    )
+
 
 def load_clip_model(
     model_name: str,
@@ -259,7 +338,12 @@ def load_clip_model(
     if quick_gelu is None:
         quick_gelu = pretrained == "openai" or model_name.endswith("quickgelu")
     if pretrained is None or Path(pretrained).is_file():
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        # open_clip moves the model to a device: keep the caller's default (the meta device when
+        # the factory checks a checkpoint's shapes without allocating).
+        device = torch.empty(()).device
+        model = open_clip.create_model(
+            model_name, pretrained=None, force_quick_gelu=quick_gelu, device=device
+        )
         if pretrained is not None:
             _load_file(model, pretrained)
         return model.eval()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder
 from lmseg.weights import resolve_file
 
 SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
@@ -38,8 +39,10 @@ SAM_CHECKPOINTS = {
 SAM_DOWNLOAD = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
-class SAMEncoder(nn.Module):
-    """SAM image encoder with its own resizing and normalisation.
+class SAMEncoder(SpatialEncoder):
+    """SAM's image encoder as the spatial encoder, with its own resizing and normalisation.
+
+    Registered as ``"sam"``.
 
     Args:
         encoder: a ``segment_anything`` ``ImageEncoderViT``.
@@ -80,6 +83,34 @@ class SAMEncoder(nn.Module):
         if len(images) <= step:
             return self.encoder(images)
         return torch.cat([self.encoder(part) for part in images.split(step)])
+
+
+@SPATIAL_ENCODERS.register("sam")
+def _build_sam(
+    *,
+    variant: str = "vit_b",
+    image_size: int = 1024,
+    patch_size: int = 16,
+    window_size: int = 14,
+    out_chans: int = 256,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    global_attn_indexes: Sequence[int] | None = None,
+    weights: str | None = None,
+) -> SAMEncoder:
+    return build_sam_encoder(
+        variant,
+        image_size=image_size,
+        checkpoint=weights,
+        patch_size=patch_size,
+        window_size=window_size,
+        out_chans=out_chans,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        global_attn_indexes=global_attn_indexes,
+    )
 
 
 def build_sam_encoder(

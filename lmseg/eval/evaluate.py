@@ -11,8 +11,9 @@ test mapper), then either
 
 and the per-class probabilities are upsampled to the label's size and arg-maxed. Windows and
 images are batched across images; the class-dependent assembly runs in class chunks, so memory
-does not grow with ``K × 640 × 640``. The arithmetic is :class:`lmseg.segmenter.Segmenter`'s
-(tests check the two agree), which also provides the cached text embeddings.
+does not grow with ``K × 640 × 640``. Inference is :meth:`lmseg.segmenter.Segmenter.label_maps`,
+the same path as ``Segmenter.predict``, which also provides the cached text embeddings; how the
+model runs (precision, class filtering, chunks) is the options' :class:`~lmseg.runtime.RuntimeOptions`.
 
 :func:`evaluate_sweep` runs the six standard benchmarks in the published column order
 (A-847, PC-459, A-150, PC-59, VOC-20, VOC-20b) and :func:`format_summary` prints them as one
@@ -26,8 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from lmseg.data.datasets import DatasetNotFoundError, SegmentationDataset, get_d
 from lmseg.data.transforms import resize_image, shortest_edge_size
 from lmseg.eval.metrics import SegmentationMetrics, format_table, results_to_json
 from lmseg.model import LMSeg
-from lmseg.segmenter import Precision, Segmenter, SlidingWindow, upsampled_argmax
+from lmseg.runtime import RuntimeOptions
+from lmseg.segmenter import Segmenter, SlidingWindow
 from lmseg.vocabularies import load_vocabulary
 
 __all__ = [
@@ -79,7 +80,7 @@ class EvalOptions:
         window_resize, window_size, window_overlap: CAT-Seg's sliding-window geometry (640,
             384, 0.333: four windows and the global view per image).
         batch_size: images per forward pass (sliding window: 5 views each by default).
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast.
+        runtime: how the model runs (precision, class filtering or exact mode, chunk sizes).
         test_short_edge: resize images so the short side has this length before inference
             (CAT-Seg: 640); None keeps the original size.
         test_max_size: long-side cap of that resize (CAT-Seg: 2560).
@@ -87,7 +88,7 @@ class EvalOptions:
         limit: evaluate only the first ``limit`` images.
         prompt_mode: prompt composition (default by the model's P, as :class:`Segmenter`).
         prompt_bank: a bank name or path for every vocabulary (default: the matching one).
-        class_chunk: classes assembled and upsampled at once.
+        upsample_chunk: classes assembled and upsampled at once.
         progress: show a progress bar.
     """
 
@@ -96,14 +97,14 @@ class EvalOptions:
     window_size: int = 384
     window_overlap: float = 0.333
     batch_size: int = 4
-    precision: Precision = "fp32"
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     test_short_edge: int | None = 640
     test_max_size: int = 2560
     num_workers: int = 2
     limit: int | None = None
     prompt_mode: str | None = None
     prompt_bank: str | None = None
-    class_chunk: int = 64
+    upsample_chunk: int = 64
     progress: bool = True
 
 
@@ -177,31 +178,6 @@ def _collate(batch: list[Any]) -> list[Any]:
     return batch
 
 
-def _labels_from_logits(
-    logits: torch.Tensor,
-    size: tuple[int, int],
-    sliding: bool,
-    segmenter: Segmenter,
-) -> torch.Tensor:
-    """Arg-max labels ``(H, W)`` of one image's logits, chunk by chunk over classes."""
-    chunks = (
-        segmenter.window.combine(part) if sliding else part[0].sigmoid()
-        for part in logits.split(segmenter.class_chunk, dim=1)
-    )
-    return upsampled_argmax(chunks, size)
-
-
-def _same_size_groups(images: Sequence[torch.Tensor]) -> Iterator[list[int]]:
-    group: list[int] = []
-    for i, image in enumerate(images):
-        if group and images[group[0]].shape != image.shape:
-            yield group
-            group = []
-        group.append(i)
-    if group:
-        yield group
-
-
 @torch.no_grad()
 def predict_labels(
     segmenter: Segmenter,
@@ -211,10 +187,10 @@ def predict_labels(
     *,
     sliding: bool,
 ) -> list[torch.Tensor]:
-    """Label maps of a batch of images.
+    """Label maps of a batch of images: :meth:`Segmenter.label_maps` (kept as a function).
 
     Args:
-        segmenter: holds the model, precision, window settings and class chunk.
+        segmenter: holds the model, runtime options, window settings and upsampling chunk.
         images: ``(3, H_i, W_i)`` float RGB in [0, 1] (any sizes).
         text: prompt embeddings ``(K, P, D)``.
         sizes: the output size of each label map (the ground truth's).
@@ -224,31 +200,7 @@ def predict_labels(
     Returns:
         One ``int64 (H_i, W_i)`` label map per image, on the model's device.
     """
-    model, device = segmenter.model, segmenter.device
-    images = [im.to(device) for im in images]
-    precision = segmenter.precision
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        if precision != "fp32"
-        else nullcontext()
-    )
-    per_image: list[torch.Tensor] = [torch.empty(0)] * len(images)
-    if sliding:
-        views = [segmenter.window.views(im) for im in images]
-        with autocast:
-            logits = model(torch.cat(views), text).float()
-        for i, part in enumerate(logits.split([len(v) for v in views])):
-            per_image[i] = part
-    else:
-        for group in _same_size_groups(images):
-            with autocast:
-                logits = model(torch.stack([images[i] for i in group]), text).float()
-            for j, i in enumerate(group):
-                per_image[i] = logits[j : j + 1]
-    return [
-        _labels_from_logits(per_image[i], tuple(sizes[i]), sliding, segmenter)  # type: ignore[arg-type]
-        for i in range(len(images))
-    ]
+    return segmenter.label_maps(images, text, sizes, sliding=sliding)
 
 
 def _model_name(model: LMSeg) -> str:
@@ -291,9 +243,9 @@ def evaluate(
         model,
         prompt_mode=options.prompt_mode,
         prompt_bank=options.prompt_bank,
-        precision=options.precision,
+        runtime=options.runtime,
         cache_dir=text_cache_dir,
-        class_chunk=options.class_chunk,
+        upsample_chunk=options.upsample_chunk,
     )
     if options.sliding_window:  # SlidingWindow refuses windows that do not tile the image
         segmenter.window = SlidingWindow(

@@ -1,6 +1,7 @@
-"""Weighted fusion of CLIP and SAM image features (LMSeg)."""
+"""Fusion of the vision-language (CLIP) and spatial (SAM) features (LMSeg's weighted fusion),
+the spatial adapter, and the registry of fusions."""
 
-from lmseg.fusion.sam_adapter import SAMAdapter
-from lmseg.fusion.weighted_fusion import FUSION_MODES, WeightedFusion
+from lmseg.fusion.spatial_adapter import SAMAdapter, SpatialAdapter
+from lmseg.fusion.weighted_fusion import FUSION_MODES, FUSIONS, WeightedFusion
 
-__all__ = ["FUSION_MODES", "SAMAdapter", "WeightedFusion"]
+__all__ = ["FUSIONS", "FUSION_MODES", "SAMAdapter", "SpatialAdapter", "WeightedFusion"]

@@ -1,5 +1,8 @@
 """Weighted fusion of CLIP and SAM features: ``F = w·F_c + (1 − w)·F_s`` (LMSeg).
 
+``F_c`` comes from the vision-language encoder, ``F_s`` from the spatial encoder through the
+spatial adapter. Registered in :data:`FUSIONS` as ``"weighted"``.
+
 ``w`` is kept in [0, 1] as the sigmoid of a learnable parameter and comes in four shapes:
 
 - ``"scalar"``: one weight for everything;
@@ -17,6 +20,12 @@ from typing import Literal, cast
 
 import torch
 from torch import nn
+
+from lmseg.registry import Registry
+
+# Fusions of the dense vision-language embedding with the adapted spatial features. Builders
+# take their options plus the context the factory knows: ``embed_dim`` and ``grid``.
+FUSIONS: Registry[nn.Module] = Registry("fusion", context=("embed_dim", "grid"))
 
 FusionMode = Literal["scalar", "channel", "pixel", "adaptive"]
 FUSION_MODES: tuple[str, ...] = ("scalar", "channel", "pixel", "adaptive")
@@ -81,3 +90,17 @@ class WeightedFusion(nn.Module):
             )
         w = self.weight(clip_features, sam_features)
         return w * clip_features + (1.0 - w) * sam_features
+
+
+@FUSIONS.register("weighted")
+def _build_weighted(
+    *,
+    mode: str = "scalar",
+    init: float = 0.5,
+    hidden_dim: int = 64,
+    embed_dim: int = 512,
+    grid: tuple[int, int] = (24, 24),
+) -> WeightedFusion:
+    return WeightedFusion(
+        mode=cast(FusionMode, mode), embed_dim=embed_dim, grid=grid, init=init, hidden_dim=hidden_dim
+    )

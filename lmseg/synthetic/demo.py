@@ -50,6 +50,7 @@ from lmseg.factory import build_model, get_config
 from lmseg.model import LMSeg
 from lmseg.prompts.compose import compose_prompts
 from lmseg.prompts.embedding import encode_prompts
+from lmseg.runtime import RuntimeOptions
 from lmseg.synthetic.world import COLORS, IGNORE_VALUE, SyntheticWorld
 from lmseg.train.loss import segmentation_ce_loss
 
@@ -93,6 +94,8 @@ ROWS: dict[str, DemoRow] = {
     "attributes+clip": DemoRow("attributes + CLIP only", "attributes_only", False),
     "attributes+fusion": DemoRow("attributes + fusion", "attributes_only", True),
 }
+# The demo's vocabularies are small: no class filtering, in training and evaluation.
+EXACT = RuntimeOptions(top_k=None)
 DEFAULT_ROWS = ("template+fusion", "attributes+clip", "attributes+fusion")
 
 
@@ -186,7 +189,7 @@ def model_overrides(image_size: int, prompts: PromptKind, fusion: bool) -> dict[
     }
     text = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
     overrides: dict[str, Any] = {
-        "clip": {
+        "vision_language_encoder": {
             "image_size": clip_size,
             "guidance_layers": (0, 1),
             "model_cfg": {
@@ -202,24 +205,23 @@ def model_overrides(image_size: int, prompts: PromptKind, fusion: bool) -> dict[
             "decoder_guidance_proj_dims": (8, 8),
         },
         "num_prompts": 1 if prompts == "template" else 3,
-        "top_k": None,
-        "sam": None,
+        "spatial_encoder": None,
         "fusion": None,
     }
     if fusion:
-        overrides["sam"] = {
+        overrides["spatial_encoder"] = {
+            "type": "sam",
+            "variant": "vit_b",
             "image_size": image_size,
-            "overrides": {
-                "embed_dim": 32,
-                "depth": 2,
-                "num_heads": 2,
-                "global_attn_indexes": (1,),
-                "window_size": 4,
-                "patch_size": image_size // 8,
-                "out_chans": 32,
-            },
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "global_attn_indexes": (1,),
+            "window_size": 4,
+            "patch_size": image_size // 8,
+            "out_chans": 32,
         }
-        overrides["fusion"] = {"mode": "scalar", "init": 0.5, "hidden_dim": 16}
+        overrides["fusion"] = {"type": "weighted", "mode": "scalar", "init": 0.5, "hidden_dim": 16}
     return overrides
 
 
@@ -260,7 +262,7 @@ def text_embeddings(
     model: LMSeg, world: SyntheticWorld, ids: Sequence[int], kind: PromptKind
 ) -> torch.Tensor:
     """``(K, P, D)`` prompt embeddings of classes ``ids``, with autograd (the text tower trains)."""
-    return encode_prompts(model.clip, class_prompts(world, ids, kind))
+    return encode_prompts(model.text_encoder, class_prompts(world, ids, kind))
 
 
 def _vocab_lookup(world: SyntheticWorld, vocab: Sequence[int]) -> torch.Tensor:
@@ -371,7 +373,7 @@ def batch_loss(
     targets = torch.stack([_vocab_lookup(world, v)[y] for v, y in zip(vocabs, labels, strict=True)])
 
     features = model.encode_image(images)
-    logits = model.decode(features, text)  # (B, K, S/2, S/2)
+    logits = model.decode(features, text, EXACT)  # (B, K, S/2, S/2)
     loss = segmentation_ce_loss(logits, targets, ignore_value=IGNORE_VALUE)
     if settings.alignment_weight > 0:
         # Object pixels only: the background (most pixels) would push every object prompt the
@@ -474,7 +476,7 @@ def evaluate(
     predictions = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
-        logits = model(x, text)  # (b, K, S/2, S/2)
+        logits = model(x, text, EXACT)  # (b, K, S/2, S/2)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         pred = logits.argmax(dim=1)
         metrics.update(pred, lookup[labels[start : start + batch_size]])
@@ -567,8 +569,9 @@ def _run_job(
         if split == "unseen":
             predictions = scores["predictions"][: settings.figure_images]
     weight = None
-    if model.fusion is not None and model.fusion.weight_logit is not None:
-        weight = float(torch.sigmoid(model.fusion.weight_logit.detach()).mean())
+    logit = getattr(model.fusion, "weight_logit", None)
+    if isinstance(logit, torch.Tensor):
+        weight = float(torch.sigmoid(logit.detach()).mean())
     result.update(
         clip_fusion_weight=weight,
         final_loss=float(np.mean(losses[-20:])),

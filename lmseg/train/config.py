@@ -8,6 +8,13 @@ and ``configs/vitb_384.yaml`` of CAT-Seg). Shipped configs live in ``lmseg/confi
 
 Overrides use dotted keys and YAML values: ``solver.lr=1.0e-4``, ``data.min_size=[320,384]``,
 ``model.overrides.fusion.mode=pixel``, ``train.output_dir=runs/a``. Unknown keys raise.
+
+Keys of earlier releases that named a library rather than a role are still read (and mapped):
+``model.clip_pretrained`` → ``model.vision_language_weights``, ``model.sam_checkpoint`` →
+``model.spatial_weights``, ``solver.clip_lr_multiplier`` / ``solver.clip_finetune`` →
+``solver.vision_language_lr_multiplier`` / ``solver.vision_language_finetune``, and
+``model.overrides.aggregator.train_pool_size`` → ``train.class_pool_size`` (a training setting,
+not part of the saved model).
 """
 
 from __future__ import annotations
@@ -55,16 +62,19 @@ class ModelSection:
 
     Attributes:
         name: a :func:`lmseg.list_models` variant.
-        overrides: :func:`lmseg.factory.get_config` overrides (``{"top_k": null}``, ...).
-        clip_pretrained: CLIP weights: an open_clip tag (``openai``) or a file; None = random.
-        sam_checkpoint: official SAM checkpoint (path or file name in ``$LMSEG_CACHE/sam``).
+        overrides: :func:`lmseg.factory.get_config` overrides (``{"fusion": {"mode": "pixel"}}``,
+            ``{"spatial_encoder": {"type": "sam", "variant": "vit_l"}}``, ...).
+        vision_language_weights: weights of the vision-language encoder (CLIP role): an
+            open_clip tag (``openai``) or a file; None = random.
+        spatial_weights: weights of the spatial encoder (SAM role): an official SAM checkpoint
+            (path or file name in ``$LMSEG_CACHE/sam``).
         weights: an lmseg ``.safetensors`` checkpoint to initialise the whole model from.
     """
 
     name: str = "catseg_vitb16"
     overrides: dict[str, Any] = field(default_factory=dict)
-    clip_pretrained: str | None = "openai"
-    sam_checkpoint: str | None = None
+    vision_language_weights: str | None = "openai"
+    spatial_weights: str | None = None
     weights: str | None = None
 
 
@@ -109,11 +119,14 @@ class SolverConfig:
         batch_size: images per optimizer step over all processes and accumulation steps
             (``IMS_PER_BATCH``, 4).
         grad_accum: micro-batches per optimizer step.
-        lr: base learning rate (``BASE_LR``, 2e-4), for everything outside CLIP.
+        lr: base learning rate (``BASE_LR``, 2e-4), for everything outside the vision-language
+            encoder.
         weight_decay: AdamW weight decay (1e-4); ``weight_decay_norm`` for norm layers (0).
         betas: AdamW betas (torch defaults, as detectron2).
-        clip_lr_multiplier: CLIP's learning-rate factor (``CLIP_MULTIPLIER``, 0.01).
-        clip_finetune: ``qv`` (CAT-Seg's ``"attention"``), ``none`` or ``full``.
+        vision_language_lr_multiplier: the vision-language encoder's learning-rate factor
+            (CAT-Seg's ``CLIP_MULTIPLIER``, 0.01).
+        vision_language_finetune: what of the vision-language encoder trains: ``qv`` (the query
+            and value projections, CAT-Seg's ``CLIP_FINETUNE: "attention"``), ``none`` or ``full``.
         schedule: ``cosine`` (``WarmupCosineLR``) or ``constant``; ``warmup_iters`` (0).
         grad_clip: max L2 norm of all gradients together (``CLIP_TYPE: full_model``, 0.01);
             None disables.
@@ -126,8 +139,8 @@ class SolverConfig:
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    clip_lr_multiplier: float = 0.01
-    clip_finetune: str = "qv"
+    vision_language_lr_multiplier: float = 0.01
+    vision_language_finetune: str = "qv"
     schedule: str = "cosine"
     warmup_iters: int = 0
     grad_clip: float | None = 0.01
@@ -160,6 +173,8 @@ class RunConfig:
         find_unused_parameters: DDP's option, for model variants with unused parameters.
         cudnn_benchmark: let cuDNN pick convolution algorithms (CAT-Seg: ``CUDNN_BENCHMARK``);
             faster, not bit-reproducible on GPU.
+        class_pool_size: average pooling of the cost maps before class aggregation in training
+            steps (CAT-Seg's ``POOLING_SIZES: [2, 2]``; its evaluation uses 1, as lmseg's does).
     """
 
     output_dir: str = "output/run"
@@ -173,6 +188,7 @@ class RunConfig:
     progress: bool = True
     find_unused_parameters: bool = False
     cudnn_benchmark: bool = True
+    class_pool_size: int = 2
 
 
 @dataclass
@@ -219,7 +235,11 @@ class TrainConfig:
             (s.batch_size >= 1, "solver.batch_size must be >= 1"),
             (s.grad_accum >= 1, "solver.grad_accum must be >= 1"),
             (len(s.betas) == 2, "solver.betas must hold two numbers"),
-            (s.clip_finetune in ("qv", "none", "full"), "solver.clip_finetune: qv, none or full"),
+            (
+                s.vision_language_finetune in ("qv", "none", "full"),
+                "solver.vision_language_finetune: qv, none or full",
+            ),
+            (self.train.class_pool_size >= 1, "train.class_pool_size must be >= 1"),
             (s.schedule in ("cosine", "constant"), "solver.schedule: cosine or constant"),
             (self.loss.name in ("bce", "ce"), "loss.name: bce or ce"),
             (
@@ -315,9 +335,47 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+# Keys of earlier releases -> their role names.
+_RENAMED_KEYS: dict[tuple[str, str], str] = {
+    ("model", "clip_pretrained"): "vision_language_weights",
+    ("model", "sam_checkpoint"): "spatial_weights",
+    ("solver", "clip_lr_multiplier"): "vision_language_lr_multiplier",
+    ("solver", "clip_finetune"): "vision_language_finetune",
+}
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Map the keys of earlier releases onto this release's (see the module docstring)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for (section, old), new in _RENAMED_KEYS.items():
+        node = data.get(section)
+        if isinstance(node, dict) and old in node:
+            if new in node:
+                raise ConfigError(f"{section}.{old} and {section}.{new} are the same setting; give one")
+            node[new] = node.pop(old)
+    model = data.get("model")
+    overrides = model.get("overrides") if isinstance(model, dict) else None
+    aggregator = overrides.get("aggregator") if isinstance(overrides, dict) else None
+    if (
+        isinstance(model, dict)
+        and isinstance(overrides, dict)
+        and isinstance(aggregator, dict)
+        and "train_pool_size" in aggregator
+    ):
+        aggregator = dict(aggregator)
+        pool = aggregator.pop("train_pool_size")
+        model["overrides"] = {**overrides, "aggregator": aggregator}
+        if not aggregator:
+            del model["overrides"]["aggregator"]
+        train = data.setdefault("train", {})
+        if isinstance(train, dict):
+            train.setdefault("class_pool_size", pool)
+    return data
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A validated :class:`TrainConfig` from nested dicts (missing keys take defaults)."""
-    return _build(TrainConfig, data, "").validate()
+    return _build(TrainConfig, _migrate(data), "").validate()
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -338,6 +396,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     """Apply ``a.b.c=value`` overrides (YAML values) to nested dicts, in place; returns it."""
     for text in overrides:
         parts, value = _parse_override(text)
+        if len(parts) == 2 and (parts[0], parts[1]) in _RENAMED_KEYS:
+            parts = [parts[0], _RENAMED_KEYS[(parts[0], parts[1])]]  # an earlier release's name
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)

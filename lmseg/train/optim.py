@@ -1,32 +1,33 @@
 """Freezing policy, parameter groups, optimizer and learning-rate schedule of CAT-Seg's recipe.
 
-What trains (CAT-Seg ``MODEL.SEM_SEG_HEAD.CLIP_FINETUNE: "attention"``):
+What trains (CAT-Seg ``MODEL.SEM_SEG_HEAD.CLIP_FINETUNE: "attention"``), by role:
 
-- CLIP, both towers: only the **query and value projection weights** of every attention block.
-  CAT-Seg's CLIP splits each attention's ``in_proj_weight`` into ``q_proj_weight``,
-  ``k_proj_weight`` and ``v_proj_weight`` and sets ``requires_grad`` on the parameters whose
-  names contain ``transformer`` and ``q_proj``/``v_proj``; everything else of CLIP is frozen:
-  positional and token embeddings, class embedding, ``proj``/``text_projection``, LayerNorms,
-  out-proj, MLPs, and ``in_proj_bias`` (one packed tensor for q, k and v, which CAT-Seg leaves
-  frozen). open_clip packs q;k;v as row blocks of one ``in_proj_weight`` ``(3·width, width)``,
-  so here that tensor trains with a **row mask**: a gradient hook zeroes the rows of the frozen
-  blocks (so they add nothing to the gradient norm and Adam's moments for them stay zero), and
-  :meth:`QVMask.restore` copies the frozen rows back after each optimizer step (undoing AdamW's
-  decoupled weight decay, which acts without a gradient). Frozen rows are k in every block, plus
-  q in the last vision block, whose dense mode never uses q (CAT-Seg's ``q_proj_weight`` there
-  gets no gradient, so AdamW skips it).
-- SAM: frozen.
-- Everything else (cost embedding, aggregation, decoder, SAM adapter, fusion weights): trains.
+- The vision-language encoder (CLIP role), both towers: only the **query and value projection
+  weights** of every attention block. CAT-Seg's CLIP splits each attention's ``in_proj_weight``
+  into ``q_proj_weight``, ``k_proj_weight`` and ``v_proj_weight`` and sets ``requires_grad`` on
+  the parameters whose names contain ``transformer`` and ``q_proj``/``v_proj``; everything else
+  of CLIP is frozen: positional and token embeddings, class embedding, ``proj``/
+  ``text_projection``, LayerNorms, out-proj, MLPs, and ``in_proj_bias`` (one packed tensor for
+  q, k and v, which CAT-Seg leaves frozen). The encoder names its projections
+  (:meth:`~lmseg.encoders.VisionLanguageEncoder.attention_weights`): where several share one
+  tensor (open_clip packs q;k;v as row blocks of ``in_proj_weight``), the tensor trains with a
+  **row mask**: a gradient hook zeroes the rows of the frozen projections (so they add nothing
+  to the gradient norm and Adam's moments for them stay zero), and :meth:`QVMask.restore` copies
+  the frozen rows back after each optimizer step (undoing AdamW's decoupled weight decay, which
+  acts without a gradient). Projections the encoder never uses stay frozen too: CAT-Seg's dense
+  last vision block uses only the value path, so its q gets no gradient there and AdamW skips it.
+- The spatial encoder (SAM role): frozen.
+- Everything else (cost embedding, aggregation, decoder, spatial adapter, fusion): trains.
 
-Learning rates: base rate for everything, ``clip_lr_multiplier`` (0.01) for CLIP. Weight decay
-as CAT-Seg's ``build_optimizer``: ``weight_decay`` everywhere except normalisation layers
-(``WEIGHT_DECAY_NORM``, 0.0) and embeddings (``WEIGHT_DECAY_EMBED``, 0.0).
+Learning rates: base rate for everything, ``vision_language_lr_multiplier`` (0.01) for the
+vision-language encoder. Weight decay as CAT-Seg's ``build_optimizer``: ``weight_decay``
+everywhere except normalisation layers (``WEIGHT_DECAY_NORM``, 0.0) and embeddings
+(``WEIGHT_DECAY_EMBED``, 0.0).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ from torch import nn
 from lmseg.model import LMSeg
 
 __all__ = [
-    "CLIP_FINETUNE_MODES",
+    "FINETUNE_MODES",
     "QVMask",
     "WarmupCosine",
     "build_optimizer",
@@ -46,8 +47,8 @@ __all__ = [
     "trainable_parameters",
 ]
 
-ClipFinetune = Literal["qv", "none", "full"]
-CLIP_FINETUNE_MODES: tuple[str, ...] = ("qv", "none", "full")
+Finetune = Literal["qv", "none", "full"]
+FINETUNE_MODES: tuple[str, ...] = ("qv", "none", "full")
 
 _NORM_TYPES = (
     nn.BatchNorm1d,
@@ -121,55 +122,44 @@ class QVMask:
         )
 
 
-def _attention_blocks(clip_model: Any) -> Iterator[tuple[str, nn.MultiheadAttention, bool]]:
-    """``(name, attention, is_dense_last_block)`` for every block of both towers."""
-    towers = [("visual.transformer", clip_model.visual.transformer, True)]
-    if hasattr(clip_model, "transformer"):
-        towers.append(("transformer", clip_model.transformer, False))
-    for prefix, transformer, is_visual in towers:
-        blocks = transformer.resblocks
-        for i, block in enumerate(blocks):
-            attn = block.attn
-            if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
-                raise TypeError(
-                    f"{prefix}.resblocks.{i}.attn is not a packed nn.MultiheadAttention"
-                )
-            yield f"{prefix}.resblocks.{i}.attn", attn, is_visual and i == len(blocks) - 1
-
-
-def configure_trainable(model: LMSeg, clip_finetune: ClipFinetune = "qv") -> QVMask:
+def configure_trainable(model: LMSeg, finetune: Finetune = "qv") -> QVMask:
     """Set ``requires_grad`` on every parameter of ``model`` following the recipe.
 
     Args:
         model: an :class:`~lmseg.model.LMSeg`.
-        clip_finetune: ``"qv"`` (CAT-Seg's ``"attention"``: Q and V projection weights of both
-            towers), ``"none"`` (CLIP frozen) or ``"full"`` (every CLIP parameter).
+        finetune: what of the vision-language encoder trains: ``"qv"`` (CAT-Seg's
+            ``"attention"``: the query and value projection weights of both towers), ``"none"``
+            (frozen) or ``"full"`` (every parameter).
 
     Returns:
         The :class:`QVMask` holding the gradient hooks (empty unless ``"qv"``); call its
         :meth:`~QVMask.restore` after each optimizer step.
+
+    Raises:
+        ValueError: an unknown mode.
+        NotImplementedError: ``"qv"`` with an encoder that does not name its attention weights.
     """
-    if clip_finetune not in CLIP_FINETUNE_MODES:
-        raise ValueError(
-            f"clip_finetune must be one of {CLIP_FINETUNE_MODES}, got {clip_finetune!r}"
-        )
+    if finetune not in FINETUNE_MODES:
+        raise ValueError(f"vision-language fine-tuning must be one of {FINETUNE_MODES}, got {finetune!r}")
     for p in model.parameters():
         p.requires_grad_(True)
-    if model.sam is not None:
-        model.sam.requires_grad_(False)
-    clip_model = model.clip.model
-    clip_model.requires_grad_(clip_finetune == "full")
+    if model.spatial_encoder is not None:
+        model.spatial_encoder.requires_grad_(False)
+    encoder = model.vision_language_encoder
+    encoder.requires_grad_(finetune == "full")
     mask = QVMask()
-    if clip_finetune != "qv":
+    if finetune != "qv":
         return mask
-    for name, attn, dense in _attention_blocks(clip_model):
-        width = attn.embed_dim
-        rows = torch.zeros(3 * width, dtype=torch.bool)
-        if not dense:  # the dense last vision block uses only v (lmseg.encoders.clip)
-            rows[:width] = True
-        rows[2 * width :] = True
-        attn.in_proj_weight.requires_grad_(True)
-        mask.add(f"clip.model.{name}.in_proj_weight", attn.in_proj_weight, rows)
+    for attention in encoder.attention_weights():
+        rows = torch.zeros(attention.weight.shape[0], dtype=torch.bool)
+        for part in ("q", "v"):
+            if part in attention.rows and part not in attention.unused:
+                rows[attention.rows[part]] = True
+        if not rows.any():
+            continue
+        attention.weight.requires_grad_(True)
+        if not rows.all():
+            mask.add(f"vision_language_encoder.{attention.name}", attention.weight, rows)
     return mask
 
 
@@ -183,14 +173,14 @@ def build_param_groups(
     *,
     lr: float,
     weight_decay: float,
-    clip_lr_multiplier: float = 0.01,
+    encoder_lr_multiplier: float = 0.01,
     weight_decay_norm: float = 0.0,
     weight_decay_embed: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups of the trainable parameters (CAT-Seg's ``build_optimizer``).
 
-    Groups are keyed by (CLIP or not, weight decay); each carries ``name``, ``lr``,
-    ``weight_decay`` and ``lr_multiplier``.
+    Groups are keyed by (vision-language encoder or not, weight decay); each carries ``name``,
+    ``lr``, ``weight_decay`` and ``lr_multiplier`` (``encoder_lr_multiplier`` for the encoder).
     """
     groups: dict[tuple[bool, float], dict[str, Any]] = {}
     seen: set[int] = set()
@@ -199,17 +189,20 @@ def build_param_groups(
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            is_clip = module_name == "clip" or module_name.startswith("clip.")
+            is_encoder = module_name == "vision_language_encoder" or module_name.startswith(
+                "vision_language_encoder."
+            )
             decay = weight_decay
             if isinstance(module, _NORM_TYPES):
                 decay = weight_decay_norm
             elif isinstance(module, nn.Embedding):
                 decay = weight_decay_embed
-            key = (is_clip, decay)
+            key = (is_encoder, decay)
             if key not in groups:
-                multiplier = clip_lr_multiplier if is_clip else 1.0
+                multiplier = encoder_lr_multiplier if is_encoder else 1.0
                 groups[key] = {
-                    "name": ("clip" if is_clip else "head") + ("" if decay else "_no_decay"),
+                    "name": ("vision_language" if is_encoder else "head")
+                    + ("" if decay else "_no_decay"),
                     "params": [],
                     "lr": lr * multiplier,
                     "weight_decay": decay,
@@ -224,7 +217,7 @@ def build_optimizer(
     *,
     lr: float,
     weight_decay: float,
-    clip_lr_multiplier: float = 0.01,
+    encoder_lr_multiplier: float = 0.01,
     weight_decay_norm: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
@@ -234,7 +227,7 @@ def build_optimizer(
         model,
         lr=lr,
         weight_decay=weight_decay,
-        clip_lr_multiplier=clip_lr_multiplier,
+        encoder_lr_multiplier=encoder_lr_multiplier,
         weight_decay_norm=weight_decay_norm,
     )
     if not groups:

@@ -43,6 +43,7 @@ from lmseg.model import LMSeg
 from lmseg.prompts import prompts_for
 from lmseg.prompts.compose import PromptSlot
 from lmseg.prompts.embedding import encode_prompts
+from lmseg.runtime import RuntimeOptions
 from lmseg.train.config import TrainConfig, diff_configs, load_config, save_config
 from lmseg.train.data_stream import (
     Augmentation,
@@ -93,7 +94,7 @@ class TrainingPrompts:
 
     Args:
         prompts: K lists of P prompt slots (:func:`lmseg.prompts.prompts_for`).
-        clip: the model's CLIP encoder (for tokenisation and validation).
+        clip: the model's text encoder (for tokenisation and validation).
         class_names: K names, used in error messages.
     """
 
@@ -129,15 +130,20 @@ class TrainingPrompts:
 class TrainingStep(nn.Module):
     """Model plus training prompts: ``forward(images (B, 3, H, W) in [0, 1]) -> logits
     (B, K, 4h, 4w)``. Text encoding runs inside ``forward`` so DDP sees the text tower's
-    gradients as part of the step."""
+    gradients as part of the step; ``runtime`` carries the recipe's training-time settings
+    (CAT-Seg's 2×2 class-aggregation pooling)."""
 
-    def __init__(self, model: LMSeg, prompts: TrainingPrompts) -> None:
+    def __init__(
+        self, model: LMSeg, prompts: TrainingPrompts, runtime: RuntimeOptions | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.prompts = prompts
+        self.runtime = runtime or RuntimeOptions()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, self.prompts.encode(self.model.clip))
+        text = self.prompts.encode(self.model.text_encoder)
+        return self.model(images, text, self.runtime)
 
 
 # -- RNG state --------------------------------------------------------------------------------
@@ -195,8 +201,8 @@ def build_train_model(config: TrainConfig) -> LMSeg:
     return create_model(
         m.name,
         pretrained=m.weights,
-        clip_pretrained=m.clip_pretrained,
-        sam_checkpoint=m.sam_checkpoint,
+        vision_language_weights=m.vision_language_weights,
+        spatial_weights=m.spatial_weights,
         **m.overrides,
     )
 
@@ -266,7 +272,7 @@ class Trainer:
             bank=config.prompts.bank,
             mode=self._prompt_mode(),  # type: ignore[arg-type]
         )
-        self.prompts = TrainingPrompts(prompts, self.model.clip, class_names=self.class_names)
+        self.prompts = TrainingPrompts(prompts, self.model.text_encoder, class_names=self.class_names)
         if self.prompts.num_prompts != self.model.num_prompts:
             raise ValueError(
                 f"prompt mode gives {self.prompts.num_prompts} prompts per class, the model "
@@ -274,13 +280,13 @@ class Trainer:
             )
         self.prompts.tokens = self.prompts.tokens.to(self.device)
 
-        self.qv_mask: QVMask = configure_trainable(self.model, solver.clip_finetune)  # type: ignore[arg-type]
+        self.qv_mask: QVMask = configure_trainable(self.model, solver.vision_language_finetune)  # type: ignore[arg-type]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(
             self.model,
             lr=solver.lr,
             weight_decay=solver.weight_decay,
-            clip_lr_multiplier=solver.clip_lr_multiplier,
+            encoder_lr_multiplier=solver.vision_language_lr_multiplier,
             weight_decay_norm=solver.weight_decay_norm,
             betas=(solver.betas[0], solver.betas[1]),
         )
@@ -292,7 +298,8 @@ class Trainer:
         )
         self.autocast_dtype = _DTYPES.get(run.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if run.precision == "fp16" else None
-        step = TrainingStep(self.model, self.prompts)
+        self.runtime = RuntimeOptions(class_pool_size=run.class_pool_size)
+        step = TrainingStep(self.model, self.prompts, self.runtime)
         self.step_module: nn.Module = step
         if self.dist.distributed:
             self.step_module = DistributedDataParallel(
@@ -390,8 +397,8 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.step_module.train()
-        if self.model.sam is not None:
-            self.model.sam.eval()  # frozen
+        if self.model.spatial_encoder is not None:
+            self.model.spatial_encoder.eval()  # frozen
 
     # -- one step -----------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -450,7 +457,7 @@ class Trainer:
             "loss": float(total) / solver.grad_accum,
             "grad_norm": float(grad_norm),
             "lr": lrs.get("head", next(iter(lrs.values()))),
-            "lr_clip": lrs.get("clip", 0.0),
+            "lr_vision_language": lrs.get("vision_language", 0.0),
             "time": time.perf_counter() - start,
             "data_time": data_time,
         }
@@ -537,7 +544,7 @@ class Trainer:
             "loss": float(loss),
             "grad_norm": last["grad_norm"],
             "lr": last["lr"],
-            "lr_clip": last["lr_clip"],
+            "lr_vision_language": last["lr_vision_language"],
             "time": round(seconds, 4),
             "data_time": round(float(np.mean([w["data_time"] for w in window])), 4),
             "eta_seconds": round(seconds * (self.config.solver.iterations - self.iteration)),
@@ -572,7 +579,7 @@ class Trainer:
         options = EvalOptions(
             sliding_window=e.sliding_window,
             batch_size=e.batch_size,
-            precision=self.config.train.precision,  # type: ignore[arg-type]
+            runtime=RuntimeOptions(precision=self.config.train.precision),  # type: ignore[arg-type]
             limit=e.limit,
             num_workers=min(2, self.config.data.num_workers),
             progress=False,
