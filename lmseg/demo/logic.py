@@ -228,9 +228,14 @@ def segment(
         pixels = load_image(image, max_pixels=segmenter.max_pixels)
     except (FileNotFoundError, TypeError, ValueError) as error:
         raise DemoError(f"cannot read the upload: {_without_folder(error, image)}") from error
+    # One request at a time: the segmenter's caches are not made for threads, and recording
+    # warnings is process-wide.
     with warnings.catch_warnings(record=True) as caught, cache.lock:
         warnings.simplefilter("always")
-        labels = predict_labels(segmenter, pixels, classes, sliding=sliding)
+        try:
+            labels = predict_labels(segmenter, pixels, classes, sliding=sliding)
+        except ValueError as error:  # e.g. a prompt bank that does not fit the classes
+            raise DemoError(str(error)) from error
     rgb = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     notes = tuple(dict.fromkeys(str(w.message) for w in caught))
     return Segmentation(rgb, labels, tuple(classes), checkpoint is None, notes)
