@@ -169,6 +169,17 @@ def test_bad_uploads_and_settings_say_what_is_wrong(cache, tmp_path):
         run(cache, scene(), variant="nope")
 
 
+def test_a_segmenter_error_becomes_the_message(cache, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError(
+            "prompt mode 'attributes' gives 4 prompts per class but the model expects 1"
+        )
+
+    monkeypatch.setattr(lmseg.segmenter.Segmenter, "predict", refuse)
+    with pytest.raises(DemoError, match="gives 4 prompts per class"):
+        run(cache, scene())
+
+
 def test_a_checkpoint_from_the_weights_field_is_loaded(cache, tmp_path):
     torch.manual_seed(7)
     trained = create_model("catseg_tiny")
