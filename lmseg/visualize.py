@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -21,6 +21,13 @@ def palette(num_classes: int, seed: int = 0) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
+def legend_width(names: Sequence[str]) -> int:
+    """Width in pixels of the legend :func:`overlay` draws to the right of an image listing
+    ``names`` (margins, colour swatch, the longest name in the default font)."""
+    font = ImageFont.load_default()
+    return 12 + 14 + 6 + max((int(font.getlength(name)) for name in names), default=0) + 12
+
+
 def overlay(
     image: np.ndarray,
     labels: np.ndarray,
@@ -29,6 +36,7 @@ def overlay(
     alpha: float = 0.5,
     legend: bool = True,
     max_legend: int = 40,
+    hidden: Collection[int] = (),
 ) -> Image.Image:
     """Blend a colour-coded label map over an image and add a legend of the classes present.
 
@@ -39,9 +47,11 @@ def overlay(
         alpha: weight of the colours.
         legend: draw a legend to the right, classes ordered by area.
         max_legend: at most this many legend rows.
+        hidden: class indices left uncoloured (their pixels show the image) and out of the
+            legend; each class keeps its colour whatever is hidden.
 
     Returns:
-        An RGB PIL image (wider than the input when a legend is drawn).
+        An RGB PIL image (wider than the input when a legend is drawn and a class is shown).
     """
     if image.dtype != np.uint8:
         image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
@@ -49,14 +59,15 @@ def overlay(
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     colours = palette(len(classes))
     blended = (image * (1 - alpha) + colours[labels] * alpha).round().astype(np.uint8)
-    canvas = Image.fromarray(blended)
-    if not legend:
+    shown = ~np.isin(labels, list(hidden))
+    canvas = Image.fromarray(np.where(shown[..., None], blended, image))
+    ids, counts = np.unique(labels[shown], return_counts=True)
+    if not legend or ids.size == 0:
         return canvas
-    ids, counts = np.unique(labels, return_counts=True)
     order = ids[np.argsort(-counts)][:max_legend]
     font = ImageFont.load_default()
     row = 16
-    width = 12 + 14 + 6 + max((int(font.getlength(classes[i])) for i in order), default=0) + 12
+    width = legend_width([classes[i] for i in order])
     out = Image.new("RGB", (canvas.width + width, max(canvas.height, row * len(order) + 16)), "white")
     out.paste(canvas, (0, 0))
     draw = ImageDraw.Draw(out)
