@@ -22,6 +22,7 @@ from PIL import Image
 
 from lmseg.factory import create_model, list_models
 from lmseg.io import ImageInput, load_image, validate_classes
+from lmseg.runtime import resolve_device
 from lmseg.segmenter import Segmenter
 from lmseg.visualize import overlay
 from lmseg.vocabularies import list_vocabularies, load_vocabulary
@@ -145,9 +146,9 @@ class ModelCache:
         if max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {max_models}")
         try:
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except RuntimeError as error:
-            raise DemoError(f"unknown device {device!r}: {error}") from error
+            self.device = resolve_device(device)
+        except ValueError as error:
+            raise DemoError(str(error)) from error
         self.max_models = max_models
         self._segmenters: OrderedDict[tuple[str, str, int], Segmenter] = OrderedDict()
         # Gradio serves requests from worker threads; building a model twice at once is waste.
@@ -191,8 +192,7 @@ def predict_labels(
 
     Kept in one place so that a change of what ``predict`` returns is absorbed here.
     """
-    labels = segmenter.predict(image, classes, sliding_window=sliding)
-    return np.asarray(labels, dtype=np.int32)
+    return segmenter.predict(image, classes, sliding_window=sliding).labels
 
 
 def segment(
