@@ -99,9 +99,10 @@ def _image_classes(conf: np.ndarray, max_classes: int, top_pairs: int) -> list[i
         return list(range(k))
     chosen: list[int] = []
     for pair in confused_pairs(conf, [str(i) for i in range(k)], top=top_pairs):
-        for index in (pair["truth_index"], pair["predicted_index"]):
-            if index not in chosen and len(chosen) < max_classes:
-                chosen.append(index)
+        # whole pairs only: a class drawn without the one it is confused with explains nothing
+        new = {pair["truth_index"], pair["predicted_index"]} - set(chosen)
+        if len(chosen) + len(new) <= max_classes:
+            chosen += sorted(new)
     return sorted(chosen)
 
 
@@ -129,9 +130,10 @@ def confusion_image(
     """A row-normalised confusion matrix as a picture.
 
     With more than ``max_classes`` classes only those of the ``top_pairs`` most confused
-    pairs are drawn (at most ``max_classes``, in index order); rows still hold the share of
-    each true class's pixels over all K predictions. Rows of classes absent from the ground
-    truth are grey; cells carry their percentage when at most 20 classes are drawn.
+    pairs are drawn (whole pairs, at most ``max_classes`` classes, in index order); rows still
+    hold the share of each true class's pixels over all K predictions. Rows of classes absent
+    from the ground truth are grey; cells carry their percentage when at most 20 classes are
+    drawn.
 
     Returns:
         An RGB PIL image.
