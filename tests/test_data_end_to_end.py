@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,14 @@ def test_pycocotools_is_a_dev_dependency() -> None:
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     dev = next(line for line in pyproject.splitlines() if line.startswith("dev = "))
     assert "pycocotools" in dev and "scipy" in dev
+
+
+def test_your_own_data_page_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python blocks of docs/your-own-data.md run in order, as a reader pastes them."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "your-own-data.md"
+    blocks = re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.MULTILINE | re.DOTALL)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "docs_snippet"}
+    for code in blocks:
+        exec(compile(code, str(page), "exec"), namespace)
