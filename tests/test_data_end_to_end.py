@@ -235,3 +235,36 @@ def test_your_own_data_page_snippets_run(tmp_path: Path, monkeypatch: pytest.Mon
     namespace: dict[str, Any] = {"__name__": "docs_snippet"}
     for code in blocks:
         exec(compile(code, str(page), "exec"), namespace)
+
+
+def test_evaluation_stops_on_a_bad_sample_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_folder(tmp_path / "data", {"val": 2})
+    bad = tmp_path / "data" / "labels" / "val" / "val1.png"
+    Image.fromarray(np.full((40, 56), 3, np.uint8)).save(bad)
+    args = ["eval", "--model", "catseg_tiny", "--dataset", f"{tmp_path / 'data'}:val"]
+    assert run_cli(*args, "--whole", "--test-size", "64", "--num-workers", "0", "--quiet") == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: label {bad}: values [3] outside the 3 classes (0..2, ignore value 255)"
+
+
+def test_check_command_reads_a_registered_benchmark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "annotations_detectron2" / "val").mkdir(parents=True)
+    for stem, value in (("a", 3), ("b", 21)):
+        Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(voc / "JPEGImages" / f"{stem}.jpg")
+        label = np.full((4, 5), value, np.uint8)
+        Image.fromarray(label).save(voc / "annotations_detectron2" / "val" / f"{stem}.png")
+    assert run_cli("data", "check", "voc20", "--root", tmp_path, "--quiet") == 1
+    out = capsys.readouterr().out
+    bad = voc / "annotations_detectron2" / "val" / "b.png"
+    assert (
+        f"error: label {bad}: values [21] outside the 20 classes (0..19, ignore value 255)" in out
+    )
+    # boat (class 3) covers all 20 pixels of a.png, the only label without an error
+    assert f"    3  {'boat':<11}  {20:>13,}  {100:>6.2f}%  {1:>7,}" in out.splitlines()
+    assert out.rstrip().endswith("voc20: FAILED: 1 error")
