@@ -79,6 +79,8 @@ def test_folder_dataset_reads_exact_images_and_labels(tmp_path: Path) -> None:
     root = tmp_path / "pets"
     written = make_folder(root, ["b", "a", "c"], classes=["cat", "dog", "grass"])
     (root / "classes.txt").write_text("# pets, in label order\ncat\n\n  dog  \n# more\ngrass\n")
+    (root / "images" / "thumbs").mkdir()  # a stray sub-folder beside images is not a split
+    assert dataset_splits(root) == []
     dataset = load_dataset(root)
     assert len(dataset) == 3 and dataset.class_names == ["cat", "dog", "grass"]
     assert dataset.ignore_value == 255 and dataset.spec.name == "pets"

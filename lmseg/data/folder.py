@@ -219,7 +219,8 @@ def _dirs(folder: Path, description: dict[str, Any]) -> tuple[Path, Path]:
 
 def folder_splits(folder: Path, description: dict[str, Any] | None = None) -> list[str]:
     """The split names of a dataset folder: the stems of ``splits/*.txt`` if there are any,
-    else the sub-folders of ``images/``; ``[]`` for a folder without splits."""
+    else the sub-folders of ``images/`` when it holds no image itself; ``[]`` for a folder
+    without splits."""
     description = description if description is not None else read_description(folder)[0]
     lists = folder / "splits"
     if lists.is_dir():
@@ -230,7 +231,10 @@ def folder_splits(folder: Path, description: dict[str, Any] | None = None) -> li
     if not images.is_dir():
         return []
     with os.scandir(images) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        visible = [e for e in entries if not e.name.startswith(".")]
+    if any(e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) for e in visible):
+        return []  # a flat folder: stray sub-folders are not splits
+    return sorted(e.name for e in visible if e.is_dir())
 
 
 def choose_split(name: str, splits: list[str], split: str | None) -> str | None:
