@@ -204,6 +204,20 @@ def test_size_mismatch_and_transform_hook(tmp_path: Path) -> None:
         dataset[1]
 
 
+def test_truncated_label_names_the_file(tmp_path: Path) -> None:
+    """A truncated label raised PIL's OSError("image file is truncated"), naming no file."""
+    spec = get_dataset_spec("coco_train")
+    write_jpg(spec.image_root(tmp_path) / "000000000009.jpg", 20, 30)
+    path = spec.label_root(tmp_path) / "000000000009.png"
+    write_png(path, np.random.default_rng(0).integers(0, 171, (20, 30)).astype(np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # cut inside the pixel data
+    with pytest.raises(ValueError) as info:
+        SegmentationDataset("coco_train", root=tmp_path)[0]
+    assert str(info.value).startswith(f"label {path}: unreadable (")
+    assert "\n" not in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Preparation scripts: mappings and end-to-end runs on fake downloads
 

@@ -189,3 +189,79 @@ def test_json_and_table() -> None:
     assert lines[3].split() == ["wall", "50.00", "50.00"]
     with pytest.raises(ValueError, match="class names"):
         results_to_json(r, names[:2])
+
+
+# -- evaluation reports ------------------------------------------------------------------------
+def _result(conf: np.ndarray, names: list[str]):
+    from lmseg.eval.evaluate import EvalResult
+
+    metrics = SegmentationMetrics(len(names), 255)
+    metrics.confusion_matrix += torch.from_numpy(conf)
+    return EvalResult(
+        dataset="mine_val",
+        metrics=metrics.compute(),
+        class_names=names,
+        num_images=3,
+        seconds=0.1,
+        model="catseg_tiny",
+        confusion_matrix=metrics.confusion_matrix,
+    )
+
+
+def test_confused_pairs_by_hand() -> None:
+    from lmseg.eval.report import confused_pairs
+
+    conf = np.array([[50, 10, 0], [30, 40, 5], [0, 10, 0]])  # [truth, prediction]
+    pairs = confused_pairs(conf, ["a", "b", "c"], top=3)
+    # errors: b->a 30, a->b 10, c->b 10 (index order on ties), b->c 5; 55 in all
+    assert [(p["truth"], p["predicted"], p["pixels"]) for p in pairs] == [
+        ("b", "a", 30), ("a", "b", 10), ("c", "b", 10),
+    ]  # fmt: skip
+    assert pairs[0]["share_of_truth"] == round(100 * 30 / 75, 4)
+    assert pairs[0]["share_of_errors"] == round(100 * 30 / 55, 4)
+    assert pairs[2]["share_of_truth"] == 100.0
+    assert confused_pairs(np.diag([3, 4]), ["a", "b"]) == []
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lmseg.eval.report import write_report
+
+    conf = np.array([[50, 10, 0], [30, 40, 5], [0, 0, 0]])
+    names = ["sky", "sea | lake", "sand"]
+    paths = write_report(_result(conf, names), tmp_path)
+    assert {p.name for p in paths.values()} == {
+        "mine_val_report.json", "mine_val_report.md", "mine_val_confusion.png",
+    }  # fmt: skip
+    report = json.loads(paths["json"].read_text())
+    iou_sky, iou_sea = 50 / (60 + 80 - 50), 40 / (75 + 50 - 40)
+    assert report["metrics"]["mIoU"] == pytest.approx(100 * (iou_sky + iou_sea) / 2, abs=1e-4)
+    assert report["metrics"]["pAcc"] == pytest.approx(100 * 90 / 135, abs=1e-4)
+    assert [r["truth_pixels"] for r in report["per_class"]] == [60, 75, 0]
+    assert [r["predicted_pixels"] for r in report["per_class"]] == [80, 50, 5]
+    assert report["per_class"][2]["IoU"] is None  # absent from the ground truth
+    assert report["confused_pairs"][0] == {
+        "truth": "sea | lake", "predicted": "sky", "truth_index": 1, "predicted_index": 0,
+        "pixels": 30, "share_of_truth": 40.0, "share_of_errors": round(100 * 30 / 45, 4),
+    }  # fmt: skip
+    page = paths["markdown"].read_text()
+    assert "| 1 | sea \\| lake | 47.06 | 53.33 | 75 | 50 |" in page
+    assert "![confusion matrix](mine_val_confusion.png)" in page
+    with Image.open(paths["image"]) as image:
+        assert image.mode == "RGB" and image.width > 100 and image.height > 100
+
+
+def test_confusion_image_of_many_classes_shows_the_most_confused() -> None:
+    from lmseg.eval.report import _image_classes
+
+    k = 300
+    conf = np.diag(np.full(k, 100))
+    conf[10, 200] = 50
+    conf[7, 299] = 40
+    conf[200, 10] = 30
+    conf[42, 43] = 1
+    # the pairs by pixels: (10,200) (7,299) (200,10) (42,43): classes 7, 10, 42, 43, 200, 299
+    assert _image_classes(conf, max_classes=30, top_pairs=40) == [7, 10, 42, 43, 200, 299]
+    assert _image_classes(conf, max_classes=3, top_pairs=40) == [10, 200]  # whole pairs only
+    assert _image_classes(conf[:5, :5], max_classes=30, top_pairs=40) == [0, 1, 2, 3, 4]

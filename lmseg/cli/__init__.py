@@ -21,13 +21,13 @@ __all__ = ["build_parser", "main", "run_command"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmseg`` command."""
-    from lmseg.cli import demo, models, predict, prompts, train
+    from lmseg.cli import data, demo, models, predict, prompts, train
 
     parser = argparse.ArgumentParser(
         prog="lmseg", description="Open-vocabulary semantic segmentation (LMSeg, CAT-Seg)."
     )
     sub = parser.add_subparsers(dest="command")
-    for module in (predict, models, prompts, train, demo):
+    for module in (predict, models, prompts, data, train, demo):
         module.register(sub)
     return parser
 

@@ -59,7 +59,10 @@ def register(subparsers: Any) -> None:
     )
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--classes", metavar="FILE", help="class names: one per line, or a JSON list (.json)"
+        "--classes",
+        metavar="FILE",
+        help="class names: one per line (# comments), a JSON list (.json), or a dataset "
+        "folder / COCO file (its classes)",
     )
     source.add_argument("--vocabulary", metavar="NAME", help="a shipped vocabulary name")
     gen.add_argument("--out", required=True, metavar="BANK.json", help="bank to write or resume")
@@ -138,7 +141,6 @@ def _generate(args: argparse.Namespace) -> int:
         DEFAULT_MODEL,
         GenerationError,
         generate_bank,
-        read_class_file,
     )
 
     if args.vocabulary:
@@ -151,7 +153,9 @@ def _generate(args: argparse.Namespace) -> int:
             return 2
         name = args.name or args.vocabulary
     else:
-        class_names = read_class_file(args.classes)
+        from lmseg.data import read_classes  # class files with comments, or a dataset's classes
+
+        class_names = read_classes(args.classes)
         name = args.name or os.path.splitext(os.path.basename(args.classes))[0]
     if not args.quiet:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

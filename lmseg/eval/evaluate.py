@@ -36,13 +36,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lmseg.data.datasets import DatasetNotFoundError, SegmentationDataset, get_dataset_spec
+from lmseg.data import DatasetNotFoundError, SegmentationDataset, find_dataset, load_dataset
 from lmseg.data.transforms import resize_image, shortest_edge_size
 from lmseg.eval.metrics import SegmentationMetrics, format_table, results_to_json
 from lmseg.model import LMSeg
 from lmseg.runtime import RuntimeOptions
 from lmseg.segmenter import Segmenter, SlidingWindow
-from lmseg.vocabularies import load_vocabulary
 
 __all__ = [
     "SWEEP_COLUMNS",
@@ -222,7 +221,8 @@ def evaluate(
 
     Args:
         model: the model (its device is used; it is put in eval mode).
-        dataset: a :func:`lmseg.data.list_datasets` name or a :class:`SegmentationDataset`.
+        dataset: a :func:`lmseg.data.load_dataset` string (a benchmark name, a dataset folder
+            or a COCO file) or a :class:`SegmentationDataset`.
         root: dataset root (default ``$DETECTRON2_DATASETS`` or ``./datasets``).
         options: :class:`EvalOptions`.
         text_cache_dir: text-embedding cache folder (default ``$LMSEG_CACHE/text``).
@@ -233,11 +233,7 @@ def evaluate(
     from tqdm import tqdm
 
     options = options or EvalOptions()
-    data = (
-        dataset
-        if isinstance(dataset, SegmentationDataset)
-        else SegmentationDataset(dataset, root=root)
-    )
+    data = dataset if isinstance(dataset, SegmentationDataset) else load_dataset(dataset, root=root)
     spec = data.spec
     segmenter = Segmenter(
         model,
@@ -251,7 +247,7 @@ def evaluate(
         segmenter.window = SlidingWindow(
             resize=options.window_resize, window=options.window_size, overlap=options.window_overlap
         )
-    text = segmenter.text_embeddings(load_vocabulary(spec.vocabulary))
+    text = segmenter.text_embeddings(spec.prompt_classes)
     device = segmenter.device
     backend_device = device
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -292,8 +288,12 @@ def evaluate(
 
 
 def write_result(result: EvalResult, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``DATASET.json`` (metrics, per-class IoU) and ``DATASET.txt`` (the table)."""
+    """Write ``DATASET.json`` (metrics, per-class IoU), ``DATASET.txt`` (the table) and the
+    report of :func:`lmseg.eval.report.write_report`."""
+    from lmseg.eval.report import write_report
     from lmseg.io import atomic_write
+
+    write_report(result, out_dir)
 
     out = Path(out_dir)
     text = json.dumps(result.to_json(), indent=2)
@@ -329,7 +329,7 @@ def evaluate_sweep(
     """
     results: dict[str, EvalResult | None] = {}
     for name in datasets:
-        get_dataset_spec(name)  # unknown names fail before any work
+        find_dataset(name, root=root)  # unknown names fail before any work
         try:
             result = evaluate(
                 model, name, root=root, options=options, text_cache_dir=text_cache_dir

@@ -5,28 +5,39 @@ The stream concatenates seeded per-epoch permutations of the training set; its p
 augmentation draws from its own generator seeded by (seed, epoch, index), so the data depend
 neither on the number of loader workers nor on restarts, and a DDP job sees exactly the samples
 of a single process with the whole batch (:class:`SampleStream`).
+
+A sample that cannot be read (:class:`lmseg.data.BadSampleError`: a truncated file, a label of
+the wrong size or with values outside the class list) never stops training: the next readable
+sample in dataset order takes its place, the same one in every run (so exact resume holds), and
+:class:`SkippedSamples` warns once per bad file and counts the skips.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from lmseg.data.datasets import BadSampleError
+
 __all__ = [
     "AugmentedDataset",
     "DataPosition",
     "SampleStream",
+    "SkippedSamples",
     "TensorSegmentationDataset",
     "collate",
     "epoch_permutation",
     "ignore_value_of",
     "sample_seed",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class TensorSegmentationDataset(Dataset[dict[str, Any]]):
@@ -140,9 +151,13 @@ class SampleStream(Sampler[tuple[int, int, int]]):
 Augmentation = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-class AugmentedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class AugmentedDataset(Dataset[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]]):
     """Indexed by :class:`SampleStream` keys; applies ``augmentation(image, label,
-    generator=...)`` with a generator seeded by (seed, epoch, index)."""
+    generator=...)`` with a generator seeded by (seed, epoch, index).
+
+    Items are ``(image, label, skipped)``: ``skipped`` holds the one-line messages of the bad
+    samples that were passed over to reach a readable one (usually empty).
+    """
 
     def __init__(self, base: Dataset[Any], augmentation: Augmentation | None, seed: int) -> None:
         self.base = base
@@ -152,20 +167,50 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def _readable(self, item: int) -> tuple[Any, tuple[str, ...]]:
+        size = len(self)
+        skipped: list[str] = []
+        for offset in range(size):
+            try:
+                return self.base[(item + offset) % size], tuple(skipped)
+            except BadSampleError as error:
+                skipped.append(str(error))
+        raise BadSampleError(f"none of the {size} training samples is readable: {skipped[0]}")
+
+    def __getitem__(
+        self, key: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:  # type: ignore[override]
         epoch, index, item = key
-        sample = self.base[item]
+        sample, skipped = self._readable(item)
         image, label = sample["image"], sample["label"]
         if self.augmentation is not None:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image, label = self.augmentation(image, label, generator=generator)
-        return image, label
+        return image, label, skipped
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``(image, label)`` pairs into ``uint8 (B, 3, H, W)`` and ``int64 (B, H, W)``."""
-    images, labels = zip(*batch, strict=True)
-    return torch.stack(images), torch.stack(labels)
+def collate(
+    batch: list[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack ``(image, label, skipped)`` items into ``uint8 (B, 3, H, W)``, ``int64 (B, H, W)``
+    and the list of every skipped sample's message."""
+    images, labels, skipped = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(labels), [m for s in skipped for m in s]
+
+
+@dataclass
+class SkippedSamples:
+    """Warns once per bad training sample (the message names the file) and counts skips."""
+
+    reported: set[str] = field(default_factory=set)
+
+    def note(self, messages: Sequence[str]) -> int:
+        """Warn about the messages not seen before; returns how many samples were skipped."""
+        for message in messages:
+            if message not in self.reported:
+                self.reported.add(message)
+                logger.warning("skipping a bad training sample: %s", message)
+        return len(messages)
 
 
 def ignore_value_of(dataset: Any, default: int = 255) -> int:

@@ -50,6 +50,7 @@ from lmseg.train.data_stream import (
     AugmentedDataset,
     DataPosition,
     SampleStream,
+    SkippedSamples,
     TensorSegmentationDataset,
     collate,
     ignore_value_of,
@@ -260,9 +261,9 @@ class Trainer:
             model = build_train_model(config)
         self.model = model.to(self.device)
         if dataset is None:
-            from lmseg.data import SegmentationDataset
+            from lmseg.data import load_dataset
 
-            dataset = SegmentationDataset(config.data.dataset, root=config.data.root)
+            dataset = load_dataset(config.data.dataset, root=config.data.root)
         self.dataset = dataset
         self.dataset_size: int = len(dataset)  # type: ignore[arg-type]
         self.ignore_value = ignore_value_of(dataset)
@@ -313,7 +314,8 @@ class Trainer:
         self.iteration = 0
         self.position = DataPosition()
         self.history: list[dict[str, float]] = []
-        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.skipped = SkippedSamples()
+        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None
         self._writer: Any = None
         if run.tensorboard and self.dist.is_main:
             try:
@@ -362,7 +364,7 @@ class Trainer:
             size_divisibility=d.crop_size,
         )
 
-    def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         stream = SampleStream(
             self.dataset_size,
             seed=self.config.train.seed,
@@ -410,9 +412,11 @@ class Trainer:
         start = time.perf_counter()
         data_time = 0.0
         total = torch.zeros((), device=self.device)
+        skipped = 0
         for micro in range(solver.grad_accum):
             t0 = time.perf_counter()
-            images, labels = next(self._batches)
+            images, labels, bad = next(self._batches)
+            skipped += self.skipped.note(bad)
             images = images.to(self.device, non_blocking=True).float().div_(255)
             labels = labels.to(self.device, non_blocking=True)
             data_time += time.perf_counter() - t0
@@ -460,6 +464,7 @@ class Trainer:
             "lr_vision_language": lrs.get("vision_language", 0.0),
             "time": time.perf_counter() - start,
             "data_time": data_time,
+            "skipped": skipped,
         }
 
     # -- loop ---------------------------------------------------------------------------------
@@ -538,6 +543,7 @@ class Trainer:
             torch.tensor([w["loss"] for w in window], device=self.device).mean()
         )
         last = window[-1]
+        skipped = float(sum(w["skipped"] for w in window))
         seconds = float(np.mean([w["time"] for w in window]))
         record: dict[str, Any] = {
             "iteration": self.iteration,
@@ -549,6 +555,11 @@ class Trainer:
             "data_time": round(float(np.mean([w["data_time"] for w in window])), 4),
             "eta_seconds": round(seconds * (self.config.solver.iterations - self.iteration)),
             "epoch": self.position.epoch,
+            # bad samples passed over in this period, all processes together
+            "skipped_samples": round(
+                float(mean_over_processes(torch.tensor(skipped, device=self.device)))
+                * self.dist.world_size
+            ),
         }
         if self.device.type == "cuda":
             record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
