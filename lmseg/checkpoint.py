@@ -96,8 +96,15 @@ def load_weights(model: LMSeg, path: str | os.PathLike[str], *, strict: bool = T
 
 
 def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LMSeg:
-    """Rebuild a model from a checkpoint alone (its config is inside) and load its weights."""
+    """Rebuild a model from a checkpoint alone (its config is inside) and load its weights.
+
+    ``path`` is an lmseg ``.safetensors`` file, a released CAT-Seg ``.pth`` (converted once and
+    cached) or ``"hf-hub:org/name[@revision]"`` (see :func:`lmseg.zoo.locate_checkpoint`).
+    """
     from lmseg.factory import build_model
+    from lmseg.zoo import locate_checkpoint
+
+    path = locate_checkpoint(path)
 
     model = build_model(read_config(path))
     load_weights(model, path)

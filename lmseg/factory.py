@@ -1,7 +1,7 @@
 """The registry of named model variants: the one place where model sizes live.
 
-``create_model(name, pretrained=None, **overrides)`` builds a variant; ``list_models()`` names
-them. Variant names say what differs: ``lmseg_vitb16_samb`` (LMSeg, CLIP ViT-B/16, SAM vit_b),
+``create_model(name, pretrained=True, **overrides)`` builds a variant with its weights (from
+:mod:`lmseg.zoo`); ``list_models()`` names them. Variant names say what differs: ``lmseg_vitb16_samb`` (LMSeg, CLIP ViT-B/16, SAM vit_b),
 ``catseg_vitl14`` (CAT-Seg, CLIP ViT-L/14-336, no SAM), ``lmseg_tiny`` (random-weight test model).
 """
 
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, cast
 
+from lmseg import zoo
 from lmseg.aggregation.aggregator import AggregationLayer, CostAggregator
 from lmseg.aggregation.class_aggregation import ClassAggregation
 from lmseg.aggregation.spatial_aggregation import SpatialAggregation
@@ -307,22 +309,28 @@ def build_model(
 
 def create_model(
     name: str,
-    pretrained: str | None = None,
+    pretrained: bool | str | os.PathLike[str] | None = True,
     *,
     clip_pretrained: str | None = None,
     sam_checkpoint: str | None = None,
     cache_dir: str | None = None,
     **overrides: Any,
 ) -> LMSeg:
-    """Build a named variant, optionally loading weights.
+    """Build a named variant with its weights (downloaded, verified and cached by the zoo).
 
     Args:
         name: one of :func:`list_models`.
-        pretrained: an lmseg checkpoint (``.safetensors``, e.g. from ``lmseg convert-catseg``
-            or training) loaded strictly into the built model.
-        clip_pretrained: CLIP weights (open_clip tag such as ``"openai"``, or a file).
-        sam_checkpoint: official SAM checkpoint (path, or file name in ``$LMSEG_CACHE/sam``).
-        cache_dir: open_clip's download cache.
+        pretrained: ``True``: the variant's default weights (``lmseg weights list``);
+            ``False``/``None``: random weights (a one-line warning says the outputs are
+            meaningless; the tiny variants are random by design and build silently); a weights
+            tag of the variant (``"catseg"``, ``"openai"``); a checkpoint file (lmseg
+            ``.safetensors``, or a released CAT-Seg ``.pth``, converted once and cached); or
+            ``"hf-hub:org/name[@revision]"``. See :func:`lmseg.zoo.resolve`.
+        clip_pretrained: CLIP weights replacing the plan's (open_clip tag such as
+            ``"openai"``, or a file).
+        sam_checkpoint: SAM checkpoint replacing the plan's (path, official file name, or a
+            file name in ``$LMSEG_CACHE/sam``).
+        cache_dir: huggingface_hub cache folder for Hub downloads (its default when None).
         **overrides: config overrides, see :func:`get_config`.
 
     Returns:
@@ -331,14 +339,12 @@ def create_model(
     Example:
         >>> model = create_model("lmseg_tiny")
     """
-    model = build_model(
-        get_config(name, **overrides),
-        clip_pretrained=clip_pretrained,
-        sam_checkpoint=sam_checkpoint,
-        cache_dir=cache_dir,
-    )
-    if pretrained is not None:
+    config = get_config(name, **overrides)
+    plan = zoo.resolve(config, pretrained, clip=clip_pretrained, sam=sam_checkpoint, cache=cache_dir)
+    model = build_model(config, clip_pretrained=plan.clip, sam_checkpoint=plan.sam, cache_dir=cache_dir)
+    if plan.checkpoint is not None:
         from lmseg.checkpoint import load_weights
 
-        load_weights(model, pretrained)
+        load_weights(model, plan.checkpoint)
+    plan.warn()
     return model.eval()

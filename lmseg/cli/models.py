@@ -1,11 +1,11 @@
-"""``lmseg models`` (the variants) and ``lmseg convert-catseg`` (released CAT-Seg weights)."""
+"""``lmseg models`` (the variants and the weights they download) and ``lmseg convert-catseg``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from lmseg.factory import describe_model, list_models
+from lmseg.factory import describe_model, get_config, list_models
 
 __all__ = ["register"]
 
@@ -23,8 +23,22 @@ def register(subparsers: Any) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from lmseg import zoo
+
     for name in list_models():
         print(f"{name:22s} {describe_model(name)}")
+        tag = zoo.default_tag(name)
+        if tag is None:
+            print(f"{'':22s} weights: none, random by design (no download)")
+            continue
+        entry = zoo.get_weights(name, tag)
+        random = entry.random_parts(get_config(name).sam is not None)
+        what = "downloads " + (
+            "the released checkpoint" if entry.checkpoint is not None else "CLIP" + (
+                " + SAM" if entry.sam is not None else "")
+        )
+        untrained = f"; untrained: {', '.join(random)}" if random else ""
+        print(f"{'':22s} weights: {name}:{tag} ({what}{untrained}; lmseg weights list)")
     return 0
 
 

@@ -17,8 +17,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--classes", help="comma-separated class names")
     p.add_argument("--vocabulary", help="a shipped vocabulary (ade150, ade847, pc59, ...)")
-    p.add_argument("--model", help=f"model variant ({', '.join(list_models())})")
-    p.add_argument("--checkpoint", help="lmseg .safetensors checkpoint")
+    p.add_argument(
+        "--model", help=f"model variant, optionally NAME:TAG for a weights tag ({', '.join(list_models())})"
+    )
+    p.add_argument(
+        "--checkpoint", help="lmseg .safetensors, released CAT-Seg .pth, or hf-hub:org/name[@revision]"
+    )
+    p.add_argument(
+        "--random-weights", action="store_true", help="random initialisation (meaningless output)"
+    )
     p.add_argument("--clip-pretrained", help="CLIP weights: open_clip tag or file")
     p.add_argument("--sam-checkpoint", help="official SAM checkpoint file")
     p.add_argument("--out", default="lmseg_out", help="output folder (default: lmseg_out)")
@@ -42,6 +49,7 @@ def _predict(args: argparse.Namespace) -> int:
     from lmseg.segmenter import Segmenter
     from lmseg.visualize import overlay
     from lmseg.vocabularies import load_vocabulary
+    from lmseg.zoo import split_name
 
     if bool(args.classes) == bool(args.vocabulary):
         print("error: give exactly one of --classes or --vocabulary", file=sys.stderr)
@@ -53,12 +61,19 @@ def _predict(args: argparse.Namespace) -> int:
     if args.model is None and args.checkpoint is None:
         print("error: give --model NAME and/or --checkpoint PATH", file=sys.stderr)
         return 2
-    if args.model is None:
+    name, tag = split_name(args.model) if args.model else (None, None)
+    if args.random_weights and (args.checkpoint or tag):
+        print("error: --random-weights excludes --checkpoint and a weights tag", file=sys.stderr)
+        return 2
+    for path in args.images:  # before any download: a typo should not cost one
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+    if name is None:
         model = load_model(args.checkpoint)
     else:
         model = create_model(
-            args.model,
-            pretrained=args.checkpoint,
+            name,
+            pretrained=False if args.random_weights else (args.checkpoint or tag or True),
             clip_pretrained=args.clip_pretrained,
             sam_checkpoint=args.sam_checkpoint,
         )

@@ -25,7 +25,7 @@ from einops import rearrange
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from lmseg.weights import WeightsNotFoundError
+from lmseg.weights import WeightsNotFoundError, quiet_open_clip_random_init
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,9 @@ def load_clip_model(
     if quick_gelu is None:
         quick_gelu = pretrained == "openai" or model_name.endswith("quickgelu")
     if pretrained is None or Path(pretrained).is_file():
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        # Built empty on purpose: weights follow, or lmseg.create_model warns about random CLIP.
+        with quiet_open_clip_random_init():
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         if pretrained is not None:
             _load_file(model, pretrained)
         return model.eval()
