@@ -9,9 +9,11 @@ The three-line API::
 
 from lmseg.checkpoint import load_model, save_model
 from lmseg.factory import create_model, list_models
+from lmseg.hub import push_to_hub
 from lmseg.model import LMSeg
 from lmseg.segmenter import Segmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["LMSeg", "Segmenter", "create_model", "list_models", "load_model", "save_model", "__version__"]
+__all__ = ["LMSeg", "Segmenter", "create_model", "list_models", "load_model", "push_to_hub",
+           "save_model", "__version__"]

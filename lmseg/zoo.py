@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -588,29 +589,34 @@ def checkpoint_file(path: str | os.PathLike[str], variant: str | None = None) ->
     if kind == "safetensors":
         return path
     if kind != "torch":
-        raise CheckpointError(f"{path} is neither a safetensors checkpoint nor a PyTorch (.pth) file")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise CheckpointError(f"could not read {path} as a PyTorch checkpoint: {error}") from error
-    state = loaded.get("model", loaded) if isinstance(loaded, Mapping) else None
-    if not isinstance(state, Mapping) or not any(str(k).startswith("sem_seg_head.predictor.") for k in state):
-        raise CheckpointError(
-            f"{path} is a PyTorch file but not a CAT-Seg checkpoint (no sem_seg_head.predictor.* "
-            "keys); lmseg loads its own .safetensors checkpoints and released CAT-Seg .pth files"
-        )
-    del loaded, state
-    digest = verify_file(path)
-    target = cache_dir("converted") / digest / f"{variant or 'detected'}.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if target.is_file():
-            try:
-                verify_file(target)
-                return target
-            except ChecksumError:
-                forget(target)
-        _convert(path, target, variant)
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint, nor a PyTorch (.pth) file")
+    with tempfile.TemporaryDirectory() as tmp:
+        # torch.load picks its reader by the ".safetensors" suffix: a neutral name makes the
+        # content decide.
+        neutral = Path(tmp) / (path.stem + ".pth" if path.suffix == ".safetensors" else path.name)
+        neutral.symlink_to(path.resolve())
+        try:
+            loaded = torch.load(neutral, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:
+            raise CheckpointError(f"could not read {path} as a PyTorch checkpoint: {error}") from error
+        state = loaded.get("model", loaded) if isinstance(loaded, Mapping) else None
+        if not isinstance(state, Mapping) or not any(str(k).startswith("sem_seg_head.predictor.") for k in state):
+            raise CheckpointError(
+                f"{path} is a PyTorch file but not a CAT-Seg checkpoint (no sem_seg_head.predictor.* "
+                "keys); lmseg loads its own .safetensors checkpoints and released CAT-Seg .pth files"
+            )
+        del loaded, state
+        digest = verify_file(path)
+        target = cache_dir("converted") / digest / f"{variant or 'detected'}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if target.is_file():
+                try:
+                    verify_file(target)
+                    return target
+                except ChecksumError:
+                    forget(target)
+            _convert(neutral, target, variant)
     return target
 
 
