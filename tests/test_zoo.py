@@ -207,3 +207,16 @@ def test_lmseg_checkpoint_entries_load_as_is(mirror, zoo_sandbox, tmp_path):
         checkpoint=zoo.FileSource(repo_id="lmseg-test/trained", filename="model.safetensors"),
     )
     assert same_weights(lmseg.create_model("lmseg_tiny"), reference)  # the new default tag
+
+
+def test_the_docs_zoo_table_covers_the_zoo():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
+    for entry in zoo.list_weights():
+        assert f"`{entry.variant}:{entry.tag}`" in page, entry
+        if entry.metrics:
+            row = next(line for line in page.splitlines() if line.startswith(f"| `{entry.variant}:{entry.tag}` ("))
+            assert [float(c) for c in row.split("|")[2:8]] == list(entry.metrics.values())
+    for source in zoo.SAM_WEIGHTS.values():
+        assert f"`{source.name}` | {source.size:,} B | `{source.md5}`" in page
