@@ -596,7 +596,10 @@ def checkpoint_file(path: str | os.PathLike[str], variant: str | None = None) ->
         neutral = Path(tmp) / (path.stem + ".pth" if path.suffix == ".safetensors" else path.name)
         neutral.symlink_to(path.resolve())
         try:
-            loaded = torch.load(neutral, map_location="cpu", weights_only=True, mmap=True)
+            try:  # mmap: the tensors are not read just to look at the key names
+                loaded = torch.load(neutral, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a legacy (pre-zip) torch.save file cannot be mapped
+                loaded = torch.load(neutral, map_location="cpu", weights_only=True)
         except Exception as error:
             raise CheckpointError(f"could not read {path} as a PyTorch checkpoint: {error}") from error
         state = loaded.get("model", loaded) if isinstance(loaded, Mapping) else None

@@ -129,3 +129,10 @@ def test_a_checksum_mismatch_is_one_error_line_and_leaves_nothing(mirror, zoo_sa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"expected {'0' * 64}, got " in err[0]
     assert not (lmseg.weights.cache_dir("sam") / "sam_tiny.pth").exists()
+
+
+def test_weights_commands_name_bad_input_in_one_line(capsys):
+    assert main(["weights", "path", "lmseg_tiny"]) == 1
+    assert capsys.readouterr().err == "error: lmseg_tiny has no weights in the zoo (random by design)\n"
+    assert main(["weights", "download", "catseg_vitb16:nope"]) == 1
+    assert "catseg_vitb16 has no weights tagged 'nope' (known tags: catseg, openai)" in capsys.readouterr().err

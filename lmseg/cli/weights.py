@@ -30,11 +30,14 @@ def _entry(spec: str) -> Any:
 
     name, tag = zoo.split_name(spec)
     if name not in list_models():
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     tag = tag or zoo.default_tag(name)
     if tag is None:
-        raise KeyError(f"{name} has no weights in the zoo (random by design)")
-    return zoo.get_weights(name, tag)
+        raise ValueError(f"{name} has no weights in the zoo (random by design)")
+    try:
+        return zoo.get_weights(name, tag)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
 
 
 def _size(entry: Any, config: Any) -> str:
