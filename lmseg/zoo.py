@@ -378,16 +378,21 @@ class WeightsPlan:
         """The one-line warning for random parts, or None."""
         if self.by_design or not self.random_parts:
             return None
+        released = [e.tag for e in list_weights(self.variant) if e.checkpoint is not None]
+        hint = (
+            f"the released weights are {self.variant}:{released[0]}"
+            if released
+            else "no trained weights have been released for it: train it or load a trained checkpoint"
+        )
         if self.random_parts == ("aggregator",):
             return (
                 f"lmseg: {self.variant} ({self.source}) has an untrained aggregator (cost "
-                "embedding, aggregation, decoder; no released weights for it): its segmentations "
-                "are meaningless until it is trained or a trained checkpoint is loaded"
+                f"embedding, aggregation, decoder): its segmentations are meaningless; {hint}"
             )
         parts = ", ".join(self.random_parts[:-1]) + " and " + self.random_parts[-1]
         return (
             f"lmseg: {self.variant} was built with random {parts} weights: its segmentations are "
-            "meaningless; use pretrained=True (lmseg weights list) or a trained checkpoint"
+            f"meaningless; {hint} (lmseg weights list)"
         )
 
     def warn(self) -> None:

@@ -97,7 +97,12 @@ def test_random_weights_warn_once_naming_the_parts():
         lmseg.create_model("catseg_vitb16", pretrained=False)
     plan = zoo.resolve(get_config("lmseg_vitb16_samb"), False)
     assert plan.random_parts == ("CLIP", "SAM", "aggregator")
-    assert "\n" not in plan.warning()
+    assert "random CLIP, SAM and aggregator weights" in plan.warning() and "\n" not in plan.warning()
+    # The default LMSeg plan loads CLIP and SAM and says plainly that nothing trained exists.
+    default = zoo.WeightsPlan("lmseg_vitb16_samb", "lmseg_vitb16_samb:openai", clip="c", sam="s",
+                              random_parts=("aggregator",))
+    assert "untrained aggregator" in default.warning()
+    assert "no trained weights have been released for it" in default.warning()
 
 
 def test_tiny_variants_are_random_by_design_and_silent():

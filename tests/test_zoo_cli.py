@@ -104,8 +104,8 @@ def test_random_weights_are_asked_for_and_warned_about_in_one_line(image, tmp_pa
     assert main(argv) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["warning: lmseg: catseg_vitb16 was built with random CLIP and aggregator weights: its "
-                   "segmentations are meaningless; use pretrained=True (lmseg weights list) or a trained "
-                   "checkpoint"]
+                   "segmentations are meaningless; the released weights are catseg_vitb16:catseg (lmseg "
+                   "weights list)"]
     assert main([*argv, "--checkpoint", "x.pth"]) == 2
 
 
