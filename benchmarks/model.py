@@ -41,7 +41,7 @@ def profile_model(name: str, classes: int, sliding: bool, repeats: int, precisio
     from lmseg.segmenter import Segmenter
 
     torch.manual_seed(0)
-    model = lmseg.create_model(name)
+    model = lmseg.create_model(name, pretrained=False)
     times: dict[str, float] = defaultdict(float)
     for block in BLOCKS:
         module = getattr(model, block, None)

@@ -9,6 +9,7 @@ The three-line API::
 
 from lmseg.checkpoint import save_model
 from lmseg.factory import create_model, list_models, load_model, register_model
+from lmseg.hub import push_to_hub
 from lmseg.model import LMSeg
 from lmseg.runtime import RuntimeOptions
 from lmseg.segmenter import Segmenter
@@ -23,6 +24,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_model",
+    "push_to_hub",
     "register_model",
     "save_model",
 ]

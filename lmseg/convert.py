@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lmseg.checkpoint import CheckpointError, save_model
-from lmseg.factory import create_model
+from lmseg.factory import build_model, get_config
 from lmseg.model import LMSeg
 
 HEAD = r"sem_seg_head\.predictor\."
@@ -187,7 +187,7 @@ def convert_catseg(
     name = model or detect_variant(source)
     embed = source.get(AGG.replace("\\", "") + "conv1.weight")
     overrides: dict[str, Any] = {"num_prompts": int(embed.shape[1])} if embed is not None else {}
-    lmseg_model = create_model(name, **overrides)
+    lmseg_model = build_model(get_config(name, **overrides))  # empty: filled strictly below
     state = convert_state_dict(source, lmseg_model.state_dict())
     lmseg_model.load_state_dict(state, strict=False)
     if output_path is not None:

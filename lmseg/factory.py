@@ -1,8 +1,8 @@
 """The registry of named model variants: the one place where model sizes live.
 
-``create_model(name, pretrained=None, **overrides)`` builds a variant; ``list_models()`` names
-them; ``register_model(...)`` adds one; ``load_model(path)`` rebuilds a saved model from its file
-alone. Variant names say what differs: ``lmseg_vitb16_samb`` (LMSeg, CLIP ViT-B/16, SAM vit_b),
+``create_model(name, pretrained=True, **overrides)`` builds a variant with its weights (from
+:mod:`lmseg.zoo`); ``list_models()`` names them; ``register_model(...)`` adds one;
+``load_model(path)`` rebuilds a saved model from its file alone. Variant names say what differs: ``lmseg_vitb16_samb`` (LMSeg, CLIP ViT-B/16, SAM vit_b),
 ``catseg_vitl14`` (CAT-Seg, CLIP ViT-L/14-336, no SAM), ``lmseg_tiny`` (random-weight test model).
 
 A model config names an implementation per role, ``{"type": ..., **options}``: the
@@ -16,17 +16,19 @@ class attention (:data:`lmseg.aggregation.CLASS_ATTENTIONS`); any of them swaps 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from lmseg import zoo
 from lmseg.aggregation.aggregator import AggregationLayer, CostAggregator
 from lmseg.aggregation.class_aggregation import ClassAggregation
 from lmseg.aggregation.class_attention import CLASS_ATTENTIONS
@@ -509,28 +511,36 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def create_model(
     name: str,
-    pretrained: str | os.PathLike[str] | None = None,
+    pretrained: bool | str | os.PathLike[str] | None = True,
     *,
     vision_language_weights: str | None = None,
     spatial_weights: str | None = None,
     cache_dir: str | None = None,
     device: str | torch.device | None = None,
+    seed: int | None = None,
     clip_pretrained: str | None = None,
     sam_checkpoint: str | None = None,
     **overrides: Any,
 ) -> LMSeg:
-    """Build a named variant, optionally loading weights.
+    """Build a named variant with its weights (downloaded, verified and cached by the zoo).
 
     Args:
         name: one of :func:`list_models`.
-        pretrained: an lmseg checkpoint (``.safetensors``, e.g. from ``lmseg convert-catseg``
-            or training) loaded strictly into the built model.
-        vision_language_weights: weights of the vision-language encoder (open_clip tag such as
-            ``"openai"``, or a file).
-        spatial_weights: weights of the spatial encoder (official SAM checkpoint path, or file
-            name in ``$LMSEG_CACHE/sam``).
-        cache_dir: download cache of the encoders.
+        pretrained: ``True``: the variant's default weights (``lmseg weights list``);
+            ``False``/``None``: random weights (a one-line warning says the outputs are
+            meaningless; the tiny variants are random by design, seeded, and build silently); a
+            weights tag of the variant (``"catseg"``, ``"openai"``); a checkpoint file (lmseg
+            ``.safetensors``, or a released CAT-Seg ``.pth``, converted once and cached); or
+            ``"hf-hub:org/name[@revision]"``. See :func:`lmseg.zoo.resolve`.
+        vision_language_weights: weights of the vision-language encoder replacing the zoo's
+            (open_clip tag such as ``"openai"``, or a file).
+        spatial_weights: weights of the spatial encoder replacing the zoo's (for SAM: a path,
+            an official file name, or a file name in ``$LMSEG_CACHE/sam``).
+        cache_dir: huggingface_hub cache folder for Hub downloads (its default when None).
         device: where to put the model (default: CPU).
+        seed: seed of the randomly initialised weights, drawn without touching the global random
+            state. None: the tiny variants use :data:`TINY_SEED` (the same weights, hence the
+            same outputs, in every run); other variants draw from the global generator.
         clip_pretrained: earlier name of ``vision_language_weights``.
         sam_checkpoint: earlier name of ``spatial_weights``.
         **overrides: config overrides, see :func:`get_config`.
@@ -541,15 +551,42 @@ def create_model(
     Example:
         >>> model = create_model("lmseg_tiny")
     """
-    model = build_model(
-        get_config(name, **overrides),
-        vision_language_weights=vision_language_weights or clip_pretrained,
-        spatial_weights=spatial_weights or sam_checkpoint,
-        cache_dir=cache_dir,
+    config = get_config(name, **overrides)
+    plan = zoo.resolve(
+        config,
+        pretrained,
+        vision_language=vision_language_weights or clip_pretrained,
+        spatial=spatial_weights or sam_checkpoint,
+        cache=cache_dir,
     )
-    if pretrained is not None:
-        load_weights(model, pretrained)
+    if seed is None and name in _VARIANTS and _VARIANTS[name].tiny and plan.checkpoint is None:
+        seed = TINY_SEED
+    with _seeded(seed):
+        model = build_model(
+            config,
+            vision_language_weights=plan.vision_language,
+            spatial_weights=plan.spatial,
+            cache_dir=cache_dir,
+        )
+    if plan.checkpoint is not None:
+        load_weights(model, plan.checkpoint)
+    plan.warn()
     return _place(model, device).eval()
+
+
+# Seed of the tiny random-weight variants: the same weights, hence the same outputs, every run.
+TINY_SEED = 0
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Build under ``seed`` (when given) without touching the caller's random state."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _place(model: LMSeg, device: str | torch.device | None) -> LMSeg:
@@ -562,6 +599,9 @@ def _place(model: LMSeg, device: str | torch.device | None) -> LMSeg:
 def load_model(path: str | os.PathLike[str], *, device: str | torch.device | None = None) -> LMSeg:
     """Rebuild a model from a checkpoint alone (its config is inside) and load its weights.
 
+    ``path`` is an lmseg ``.safetensors`` file, a released CAT-Seg ``.pth`` (converted once and
+    cached) or ``"hf-hub:org/name[@revision]"`` (see :func:`lmseg.zoo.locate_checkpoint`).
+
     Nothing in the file chooses what is read or fetched: the config is validated against the
     registered implementations and bounds, the weight shapes in the file's header are compared
     with the config's (from a model built on the meta device) before anything is allocated, no
@@ -572,7 +612,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device | Non
         CheckpointError: an unreadable file, a bad config (naming the field) or weights that do
             not fit it.
     """
-    header = read_header(path)
+    header = read_header(zoo.locate_checkpoint(path))
     try:
         config = ModelConfig.from_dict(header.config)
     except (RegistryError, ValueError, TypeError) as error:

@@ -163,3 +163,18 @@ def test_wrong_devices_and_dtypes_are_named(model):
         model(images.to("meta"), text)
     with torch.no_grad():  # float64 inputs are cast to the weights' dtype
         torch.testing.assert_close(model(images.double(), text.double()), model(images, text))
+
+
+def test_tiny_variants_are_the_same_in_every_run_and_leave_the_global_rng_alone():
+    torch.manual_seed(1)
+    a = lmseg.create_model("catseg_tiny")
+    after_first = torch.rand(3)
+    torch.manual_seed(2)
+    b = lmseg.create_model("catseg_tiny")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    torch.manual_seed(1)
+    lmseg.create_model("catseg_tiny")
+    assert torch.equal(torch.rand(3), after_first)
+    other = lmseg.create_model("catseg_tiny", seed=5)
+    assert not torch.equal(other.decoder.head.weight, a.decoder.head.weight)

@@ -196,7 +196,7 @@ def test_qv_mask_trains_only_q_and_v_rows():
             assert not torch.equal(p[2 * w :], old[2 * w :]), f"v rows frozen: {name}"
             # the dense last vision block never uses q: frozen (no weight decay either)
             assert torch.equal(p[:w], old[:w]) == last_visual, name
-        elif name.startswith("clip."):
+        elif name.startswith("vision_language_encoder."):
             assert torch.equal(p, old), f"frozen CLIP parameter changed: {name}"
     assert mask.num_trainable() > 0
 

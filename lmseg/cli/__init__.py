@@ -1,7 +1,8 @@
 """The ``lmseg`` command line: a thin layer over the library.
 
-``lmseg predict IMAGE... --classes "a,b,c" | --vocabulary ade150 --model NAME
-[--checkpoint PATH] --out DIR``, ``lmseg models``, ``lmseg convert-catseg IN OUT`` and
+``lmseg predict IMAGE... --classes "a,b,c" | --vocabulary ade150 --model NAME[:TAG]
+[--checkpoint PATH] --out DIR``, ``lmseg models``, ``lmseg weights list|download|path``,
+``lmseg convert-catseg IN OUT`` and
 ``lmseg prompts ...``, ``lmseg train CONFIG [key=value ...]`` and ``lmseg eval ...``.
 :func:`main` takes ``argv`` so tests call it in-process.
 
@@ -12,6 +13,8 @@ every command sets ``func(args) -> int`` (the exit status).
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from collections.abc import Sequence
 
 from lmseg.cli.common import run_command
@@ -21,13 +24,13 @@ __all__ = ["build_parser", "main", "run_command"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmseg`` command."""
-    from lmseg.cli import data, demo, models, predict, prompts, train
+    from lmseg.cli import data, demo, models, predict, prompts, train, weights
 
     parser = argparse.ArgumentParser(
         prog="lmseg", description="Open-vocabulary semantic segmentation (LMSeg, CAT-Seg)."
     )
     sub = parser.add_subparsers(dest="command")
-    for module in (predict, models, prompts, data, train, demo):
+    for module in (predict, models, prompts, data, train, weights, demo):
         module.register(sub)
     return parser
 
@@ -39,7 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return run_command(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return run_command(args)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    # A command-line user needs the message, not the library line that raised it.
+    print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

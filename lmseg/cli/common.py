@@ -29,8 +29,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     builds a model."""
     from lmseg.factory import list_models
 
-    parser.add_argument("--model", help=f"model variant ({', '.join(list_models())})")
-    parser.add_argument("--checkpoint", help="lmseg .safetensors checkpoint")
+    parser.add_argument(
+        "--model",
+        help=f"model variant, optionally NAME:TAG for a weights tag ({', '.join(list_models())})",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        help="lmseg .safetensors, released CAT-Seg .pth, or hf-hub:org/name[@revision]",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true", help="random initialisation (meaningless output)"
+    )
     parser.add_argument(
         "--vision-language-weights",
         metavar="TAG_OR_FILE",
@@ -47,16 +56,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> Any:
-    """The model that :func:`add_model_arguments`' options name."""
+    """The model that :func:`add_model_arguments`' options name: ``--model NAME`` takes the
+    variant's default weights from the zoo, ``NAME:TAG`` another tag, ``--checkpoint`` a file or
+    Hub id, ``--random-weights`` none."""
     from lmseg.factory import create_model, load_model
+    from lmseg.zoo import split_name
 
     if args.model is None and args.checkpoint is None:
         raise ValueError("give --model NAME and/or --checkpoint PATH")
-    if args.model is None:
+    name, tag = split_name(args.model) if args.model else (None, None)
+    if args.random_weights and (args.checkpoint or tag):
+        raise ValueError("--random-weights excludes --checkpoint and a weights tag")
+    if name is None:
         return load_model(args.checkpoint)
     return create_model(
-        args.model,
-        pretrained=args.checkpoint,
+        name,
+        pretrained=False if args.random_weights else (args.checkpoint or tag or True),
         vision_language_weights=args.vision_language_weights,
         spatial_weights=args.spatial_weights,
     )

@@ -46,6 +46,9 @@ def _predict(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.classes.split(",")]
     else:
         classes = load_vocabulary(args.vocabulary)
+    for path in args.images:  # before any download: a typo should not cost one
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
     model = model_from_args(args)
     segmenter = Segmenter(model, sliding_window=args.sliding_window, runtime=runtime_from_args(args))
     out = Path(args.out)

@@ -30,7 +30,7 @@ from lmseg.encoders.base import (
     DenseFeatures,
     VisionLanguageEncoder,
 )
-from lmseg.weights import WeightsNotFoundError
+from lmseg.weights import WeightsNotFoundError, quiet_open_clip_random_init
 
 logger = logging.getLogger(__name__)
 
@@ -339,11 +339,13 @@ def load_clip_model(
         quick_gelu = pretrained == "openai" or model_name.endswith("quickgelu")
     if pretrained is None or Path(pretrained).is_file():
         # open_clip moves the model to a device: keep the caller's default (the meta device when
-        # the factory checks a checkpoint's shapes without allocating).
+        # the factory checks a checkpoint's shapes without allocating). Built empty on purpose:
+        # weights follow, or lmseg.create_model warns about random CLIP.
         device = torch.empty(()).device
-        model = open_clip.create_model(
-            model_name, pretrained=None, force_quick_gelu=quick_gelu, device=device
-        )
+        with quiet_open_clip_random_init():
+            model = open_clip.create_model(
+                model_name, pretrained=None, force_quick_gelu=quick_gelu, device=device
+            )
         if pretrained is not None:
             _load_file(model, pretrained)
         return model.eval()

@@ -161,7 +161,10 @@ def build_sam_encoder(
     )
     if checkpoint is not None:
         path = resolve_file(checkpoint, "sam", SAM_DOWNLOAD + SAM_CHECKPOINTS[variant])
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated, corrupt or not a PyTorch file
+            raise ValueError(f"could not read SAM checkpoint {path}: {error}") from error
         load_sam_image_encoder(encoder, state)
     for p in encoder.parameters():
         p.requires_grad_(False)
