@@ -130,7 +130,7 @@ def test_a_word_two_banks_describe_differently_is_ambiguous(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="lmseg.prompts.compose"):
         prompts = prompts_for(["tank", "gloopy widget"])
     assert prompts[0] == ["A photo of a tank in the scene"] * 4
-    assert "1 mean different things in different shipped banks ('tank')" in caplog.text
+    assert "1 means different things in different shipped banks ('tank')" in caplog.text
 
 
 def test_an_explicit_bank_is_used_alone(caplog) -> None:

@@ -373,7 +373,8 @@ def _notify(matches: Sequence[ClassMatch]) -> None:
         )
     if ambiguous:
         parts.append(
-            f"{len(ambiguous)} mean different things in different shipped banks "
+            f"{len(ambiguous)} {'means' if len(ambiguous) == 1 else 'mean'} different things "
+            "in different shipped banks "
             f"({_named(ambiguous)})"
         )
     logger.warning(
