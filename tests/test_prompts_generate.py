@@ -422,11 +422,15 @@ def test_url_credentials_are_used_but_never_stored_or_printed(
     assert "s3cr" not in str(caught.value) and "alice" not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/hostname", "ftp://127.0.0.1/v1", "127.0.0.1:8080"])
+@pytest.mark.parametrize("url", ["file://{file}", "ftp://127.0.0.1/v1", "127.0.0.1:8080"])
 def test_only_http_urls_are_accepted(url: str, tmp_path: Path) -> None:
+    secret = tmp_path / "chat" / "completions"  # a URL ending so is used as it is
+    secret.parent.mkdir()
+    secret.write_text("FILE-CONTENT-42", encoding="utf-8")
+    url = url.format(file=secret)
     with pytest.raises(GenerationError, match="must start with http:// or https://") as caught:
         generate_bank(["sky"], tmp_path / "b.json", vocabulary="c", base_url=url, progress=False)
-    assert Path("/etc/hostname").read_text().strip() not in str(caught.value).split("got")[0]
+    assert "FILE-CONTENT-42" not in str(caught.value)
     assert not (tmp_path / "b.json").exists()
 
 
