@@ -158,8 +158,9 @@ class Segmenter:
         prompt_mode: how class names become the model's P prompts (see
             :mod:`lmseg.prompts.compose`); default ``"template"`` for P = 1 and
             ``"attributes"`` for P = 4.
-        prompt_bank: a bank (name, path or object) to use for every vocabulary; by default each
-            class's entry in the shipped banks, else the template alone (with a notice).
+        prompt_bank: a bank (name, path or object) to use for every vocabulary; by default
+            each class is looked up in the shipped banks (:func:`lmseg.prompts.prompts_for`),
+            and classes found nowhere get the template alone (with a logged notice).
         sliding_window: use CAT-Seg's sliding-window inference by default.
         window: sliding-window geometry (CAT-Seg's 640 / 384 / 1/3 by default).
         precision: shorthand for ``runtime.precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``).

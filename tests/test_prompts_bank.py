@@ -40,9 +40,26 @@ def entry(name: str, **overrides: object) -> dict:
 def bank_dict(names=("wall", "bed ", "building, edifice"), vocabulary="custom") -> dict:
     return {
         "schema": "lmseg.prompt_bank",
-        "schema_version": 1,
+        "schema_version": 2,
         "vocabulary": vocabulary,
-        "provenance": {"model": "test-llm", "prompt": "describe", "created": "2026-11-25"},
+        "provenance": {
+            "model": "test-llm",
+            "model_version": "test-llm-2026-11-01",
+            "prompt": "describe",
+            "prompt_kind": "exact",
+            "created": "2026-11-25",
+        },
+        "classes": [entry(n) for n in names],
+    }
+
+
+def v1_bank_dict(names=("wall", "bed ")) -> dict:
+    """A bank as lmseg wrote them before schema version 2."""
+    return {
+        "schema": "lmseg.prompt_bank",
+        "schema_version": 1,
+        "vocabulary": "custom",
+        "provenance": {"model": "old-llm", "prompt": "describe", "created": "2026-11-25"},
         "classes": [entry(n) for n in names],
     }
 
@@ -86,7 +103,34 @@ def test_valid_bank_round_trips(tmp_path: Path) -> None:
             'classes[0] ("wall"): unknown key "colour"',
         ),
         (lambda d: d.update(extra=1), 'unknown top-level key "extra"'),
-        (lambda d: d.update(schema_version=2), 'unsupported "schema_version" 2'),
+        (lambda d: d.update(schema_version=3), 'unsupported "schema_version" 3'),
+        (
+            lambda d: d["provenance"].pop("model_version"),
+            'provenance: field "model_version" is missing',
+        ),
+        (
+            lambda d: d["provenance"].update(prompt_kind="guess"),
+            'provenance: "prompt_kind" must be one of exact, summary',
+        ),
+        (
+            lambda d: d["provenance"].update(revisions=[{"date": "2026-12-01"}]),
+            'provenance: revisions[0]: field "model" is missing',
+        ),
+        (
+            lambda d: d["provenance"].update(
+                revisions=[
+                    {
+                        "date": "1 Dec",
+                        "model": "m",
+                        "model_version": "v",
+                        "prompt": "p",
+                        "prompt_kind": "exact",
+                        "changes": "c",
+                    }
+                ]
+            ),
+            'provenance: revisions[0]: "date" must be an ISO date',
+        ),
         (lambda d: d.update(schema="something"), '"schema" must be "lmseg.prompt_bank"'),
         (lambda d: d.pop("provenance"), 'top-level field "provenance" is missing'),
         (lambda d: d["provenance"].pop("model"), 'provenance: field "model" is missing'),
@@ -131,13 +175,55 @@ def test_known_vocabulary_is_checked_by_default() -> None:
     assert any(p.startswith("incomplete: 17 of 20") for p in problems), problems
 
 
-def test_token_length_check_names_class_and_field() -> None:
+def test_token_length_check_names_the_class() -> None:
     long = "It is " + " ".join(["very"] * 80) + " grey."
     data = bank_dict()
     data["classes"][1]["color"] = long
     problems = validate_bank(data, tokenizer=clip_tokenizer())
     assert len(problems) == 1
-    assert problems[0].startswith('classes[1] ("bed "): field "color" gives a prompt of')
+    # 2 (start, end) + 8 ("A photo of a bed in the scene") + 1 (".") + 84 ("It is", 80 x
+    # "very", "grey", ".") + 6 ("It is long and thin.") + 12 (the two texture sentences)
+    assert problems[0].startswith(
+        'classes[1] ("bed "): the template with all three descriptions gives a prompt of '
+        "113 tokens (limit 77"
+    )
+
+
+def test_version_1_banks_still_load_and_are_written_as_version_2(tmp_path: Path) -> None:
+    data = v1_bank_dict()
+    assert validate_bank(data) == []
+    bank = PromptBank.from_dict(data)
+    assert bank.provenance.model == "old-llm"
+    assert bank.provenance.prompt_kind == "exact"  # what version 1 documented the field to be
+    assert bank.provenance.model_version == "not recorded"
+    assert bank.provenance.revisions == []
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    load_bank(path).save(tmp_path / "new.json")
+    saved = json.loads((tmp_path / "new.json").read_text(encoding="utf-8"))
+    assert saved["schema_version"] == 2
+    assert saved["provenance"]["model_version"] == "not recorded"
+    assert saved["classes"] == data["classes"]
+    # Version-2 fields are unknown keys in a version-1 file.
+    data["provenance"]["prompt_kind"] = "exact"
+    assert any('unknown key "prompt_kind"' in p for p in validate_bank(data))
+
+
+def test_revisions_round_trip() -> None:
+    data = bank_dict()
+    data["provenance"]["revisions"] = [
+        {
+            "date": "2026-12-01",
+            "model": "editor-llm",
+            "model_version": "editor-llm-1",
+            "prompt": "fix the weak entries",
+            "prompt_kind": "summary",
+            "changes": "rewrote 3 descriptions",
+        }
+    ]
+    bank = PromptBank.from_dict(data)
+    assert bank.provenance.revisions[0].model == "editor-llm"
+    assert bank.to_dict() == data
 
 
 def test_name_free_check() -> None:
@@ -153,7 +239,14 @@ def test_name_free_check() -> None:
 
 def test_json_schema_constant_lists_the_fields() -> None:
     props = BANK_JSON_SCHEMA["properties"]
-    assert props["schema_version"] == {"const": 1}
+    assert props["schema_version"] == {"const": 2}
+    assert props["provenance"]["required"] == [
+        "model",
+        "model_version",
+        "prompt",
+        "prompt_kind",
+        "created",
+    ]
     item = props["classes"]["items"]
     assert item["required"] == ["name", "color", "shape", "texture"]
     assert item["additionalProperties"] is False

@@ -25,8 +25,10 @@ def voc20_bank() -> PromptBank:
         "voc20",
         Provenance("m", "p", "2026-11-25", notes="test"),
         [
-            ClassAttributes(n, "It is grey.", "It is round.", ["It is soft.", "It is dry."])
-            for n in load_vocabulary("voc20")
+            ClassAttributes(
+                n, f"It is grey {i}.", f"It is round {i}.", [f"It is soft {i}.", f"It is dry {i}."]
+            )
+            for i, n in enumerate(load_vocabulary("voc20"))
         ],
     )
 
@@ -53,10 +55,10 @@ def test_show_text_and_modes(shipped: Path, capsys) -> None:
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("voc20: 20 classes (model m, created 2026-11-25)")
-    assert "texture: It is soft. It is dry." in out
+    assert "texture: It is soft 0. It is dry 0." in out
     args = parse(["prompts", "show", str(shipped / "voc20.json"), "--mode", "attributes"])
     assert args.func(args) == 0
-    assert "A photo of a aeroplane in the scene. It is round." in capsys.readouterr().out
+    assert "A photo of a aeroplane in the scene. It is round 0." in capsys.readouterr().out
 
 
 def test_show_unknown(shipped: Path, capsys) -> None:
@@ -100,3 +102,35 @@ def test_prompts_without_subcommand_prints_usage(capsys) -> None:
     args = parse(["prompts"])
     assert args.func(args) == 2
     assert "show" in capsys.readouterr().err
+
+
+def test_validate_warns_about_stock_sentences_and_differences(
+    shipped: Path, tmp_path: Path, capsys
+) -> None:
+    data = voc20_bank().to_dict()
+    for entry in data["classes"][:6]:
+        entry["shape"] = "It is black or silver."
+    stock = tmp_path / "stock.json"
+    stock.write_text(json.dumps(data), encoding="utf-8")
+    args = parse(["prompts", "validate", str(stock)])
+    assert args.func(args) == 0  # warnings alone do not fail...
+    out = capsys.readouterr().out
+    assert f"WARN {stock}: 20 classes, 1 warning" in out
+    assert "'It is black or silver.' is used by 6 classes (more than 5)" in out
+    args = parse(["prompts", "validate", "--strict", str(stock)])
+    assert args.func(args) == 1  # ...unless --strict
+    capsys.readouterr()
+
+    other = voc20_bank().to_dict()
+    other["vocabulary"] = "mine"
+    other["classes"][7]["color"] = "It is purple."  # "cat"
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(other), encoding="utf-8")
+    args = parse(["prompts", "validate", "--strict", str(shipped / "voc20.json"), str(mine)])
+    assert args.func(args) == 1
+    out = capsys.readouterr().out
+    assert "WARN across 2 banks: 1 class described differently" in out
+    assert "'cat' is described in 2 different ways" in out
+    assert out.rstrip().endswith(
+        "2 banks: 2 ok, 0 with warnings, 0 failed; 1 difference between banks"
+    )

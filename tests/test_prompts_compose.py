@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import pytest
 
 from lmseg.prompts import compose as compose_module
 from lmseg.prompts.bank import ClassAttributes, PromptBank, Provenance
 from lmseg.prompts.compose import (
-    MissingBankWarning,
     compose_prompts,
     num_prompts,
     prompts_for,
@@ -181,18 +179,22 @@ def test_append_sentences_rule() -> None:
     assert append_sentences("a wall", []) == "a wall"
 
 
-def test_prompts_for_falls_back_once_with_a_notice(monkeypatch) -> None:
+def test_prompts_for_falls_back_once_with_a_notice(monkeypatch, caplog) -> None:
     monkeypatch.setattr(compose_module, "_notified", set())
-    with pytest.warns(MissingBankWarning, match="lmseg prompts generate"):
-        prompts = prompts_for(["zebra", "unicorn"])
+    with caplog.at_level(logging.WARNING, logger="lmseg.prompts.compose"):
+        prompts = prompts_for(["gloopy widget", "unicorn horn polish"])
     assert prompts == [
-        ["A photo of a zebra in the scene"] * 4,
-        ["A photo of a unicorn in the scene"] * 4,
+        ["A photo of a gloopy widget in the scene"] * 4,
+        ["A photo of a unicorn horn polish in the scene"] * 4,
     ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        prompts_for(["zebra"])  # the notice is shown once per process
-        assert prompts_for(["zebra"], mode="template") == [["A photo of a zebra in the scene"]]
+    assert len(caplog.records) == 1 and "lmseg prompts generate" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lmseg.prompts.compose"):
+        prompts_for(["gloopy widget", "unicorn horn polish"])  # once per process
+        assert prompts_for(["gloopy widget"], mode="template") == [
+            ["A photo of a gloopy widget in the scene"]
+        ]  # the template mode needs no bank: no notice
+    assert caplog.records == []
     assert prompts_for(["wall"], bank=BANK)[0][1].endswith("It is white, beige or pale grey paint.")
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ import pytest
 from lmseg.cli.prompts import register
 from lmseg.prompts.bank import load_bank, validate_bank
 from lmseg.prompts.generate import (
+    SYSTEM_PROMPT,
+    ChatClient,
     GenerationError,
     chat_completions_url,
     generate_bank,
@@ -34,21 +39,34 @@ def describe(name: str) -> dict[str, str]:
     }
 
 
+REPORTED_MODEL = "fake-llm-2026-01-01"
+
+
 class FakeLLM:
     """A scripted OpenAI-compatible server. ``script`` holds one action per request; when it
     runs out, every request gets a good answer. Actions: ``"ok"``, ``("status", code)``,
-    ``("sleep", seconds)`` (then a good answer), ``("content", text)``, ``("partial", n)``
-    (answer only the first n asked classes)."""
+    ``("status", code, body)``, ``("sleep", seconds)`` (then a good answer),
+    ``("content", text)``, ``("partial", n)`` (answer only the first n asked classes),
+    ``("trickle", seconds)`` (one byte of a never-ending body every ``seconds``),
+    ``("endless", length)`` (a body streamed as fast as possible, never ending, announced with
+    a ``Content-Length`` of ``length`` or none), ``("redirect", url, code)``.
+    Endless bodies stop when the server shuts down."""
 
     def __init__(self) -> None:
         self.script: list[Any] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.gets: list[dict] = []  # headers of GET requests (a followed redirect)
+        self.stop = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
+
+            def do_GET(self) -> None:
+                fake.gets.append(dict(self.headers))
+                self._send(404, {"error": {"message": "no"}})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -57,7 +75,17 @@ class FakeLLM:
                 action = fake.script.pop(0) if fake.script else "ok"
                 asked = fake.asked(body)
                 if isinstance(action, tuple) and action[0] == "status":
-                    self._send(action[1], {"error": {"message": "boom"}})
+                    message = action[2] if len(action) > 2 else "boom"
+                    self._send(action[1], {"error": {"message": message}})
+                    return
+                if isinstance(action, tuple) and action[0] in ("trickle", "endless"):
+                    self._endless(*action)
+                    return
+                if isinstance(action, tuple) and action[0] == "redirect":
+                    self.send_response(action[2])
+                    self.send_header("Location", action[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if isinstance(action, tuple) and action[0] == "sleep":
                     time.sleep(action[1])
@@ -69,8 +97,32 @@ class FakeLLM:
                 else:
                     content = json.dumps({"classes": [describe(n) for n in asked]})
                 self._send(
-                    200, {"choices": [{"message": {"role": "assistant", "content": content}}]}
+                    200,
+                    {
+                        "model": REPORTED_MODEL,
+                        "choices": [{"message": {"role": "assistant", "content": content}}],
+                    },
                 )
+
+            def _endless(self, kind: str, arg: float | None) -> None:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    if kind == "trickle":
+                        self.send_header("Content-Length", "100000")  # plausible, never sent
+                    elif arg is not None:
+                        self.send_header("Content-Length", str(int(arg)))
+                    self.end_headers()
+                    chunk = b" " * 65536
+                    while not fake.stop.is_set():
+                        if kind == "trickle":
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(float(arg or 0.05))
+                        else:
+                            self.wfile.write(chunk)
+                except OSError:  # the client gave up
+                    pass
 
             def _send(self, code: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
@@ -104,6 +156,7 @@ def llm() -> Iterator[FakeLLM]:
     thread = threading.Thread(target=fake.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield fake
+    fake.stop.set()
     fake.server.shutdown()
     fake.server.server_close()
 
@@ -122,6 +175,13 @@ def run(llm: FakeLLM, out: Path, classes=CLASSES, **kw: Any):
         backoff=0.01,
         **kw,
     )
+
+
+def cli_generate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
 
 
 def check_complete(out: Path, classes=CLASSES) -> None:
@@ -288,3 +348,167 @@ def test_cli_generate(llm: FakeLLM, tmp_path: Path, capsys) -> None:
     )
     assert args.func(args) == 0
     assert validate_bank(tmp_path / "v.json") == []
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials, URLs and bounded requests
+
+
+def run_bounded(seconds: float, call) -> Any:
+    """Run ``call`` in a thread; fail (instead of hanging) if it takes over ``seconds``."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as e:  # handed to the test below
+            result["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    result["seconds"] = time.monotonic() - start
+    return result
+
+
+def test_malformed_key_is_never_printed(llm: FakeLLM, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET-123\n")  # a pasted line break
+    with pytest.raises(GenerationError) as caught:
+        run(llm, tmp_path / "bank.json")
+    message = str(caught.value)
+    assert "SECRET" not in message and "$OPENAI_API_KEY" in message
+    assert "not shown" in message
+    assert llm.requests == []
+    classes = tmp_path / "c.txt"
+    classes.write_text("sky\n", encoding="utf-8")
+    argv = ["prompts", "generate", "--classes", str(classes), "--out", str(tmp_path / "o.json")]
+    assert cli_generate(argv + ["--base-url", llm.url, "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "SECRET" not in captured.out + captured.err
+    assert captured.err.startswith("error: ")
+
+
+def test_a_key_echoed_by_the_server_is_redacted(llm: FakeLLM, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET-123")
+    llm.script = [("status", 401, "Incorrect API key provided: sk-SECRET-123")]
+    with pytest.raises(GenerationError) as caught:
+        run(llm, tmp_path / "bank.json")
+    assert "SECRET" not in str(caught.value) and "[redacted]" in str(caught.value)
+    llm.script = [("status", 500, "no such key sk-SECRET-123")] * 10
+    with pytest.raises(GenerationError) as caught:
+        run(llm, tmp_path / "bank.json", retries=1)
+    assert "SECRET" not in str(caught.value) and "[redacted]" in str(caught.value)
+
+
+def test_url_credentials_are_used_but_never_stored_or_printed(
+    llm: FakeLLM, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("LMSEG_TEST_KEY", raising=False)
+    url = llm.url.replace("http://", "http://alice:s3cr%40t@")
+    out = tmp_path / "bank.json"
+    bank = generate_bank(
+        ["sky"], out, vocabulary="c", base_url=url, api_key_env="LMSEG_TEST_KEY", progress=False
+    )
+    assert llm.headers[0]["Authorization"] == "Basic " + base64.b64encode(b"alice:s3cr@t").decode()
+    stored = out.read_text(encoding="utf-8")
+    for secret in ("s3cr", "alice"):
+        assert secret not in stored
+    assert "127.0.0.1:" in (bank.provenance.notes or "")
+    llm.script = [("status", 403, "user alice:s3cr@t is not allowed")]
+    with pytest.raises(GenerationError) as caught:
+        generate_bank(["tree"], tmp_path / "b2.json", vocabulary="c", base_url=url, progress=False)
+    assert "s3cr" not in str(caught.value) and "alice" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["file://{file}", "ftp://127.0.0.1/v1", "127.0.0.1:8080"])
+def test_only_http_urls_are_accepted(url: str, tmp_path: Path) -> None:
+    secret = tmp_path / "chat" / "completions"  # a URL ending so is used as it is
+    secret.parent.mkdir()
+    secret.write_text("FILE-CONTENT-42", encoding="utf-8")
+    url = url.format(file=secret)
+    with pytest.raises(GenerationError, match="must start with http:// or https://") as caught:
+        generate_bank(["sky"], tmp_path / "b.json", vocabulary="c", base_url=url, progress=False)
+    assert "FILE-CONTENT-42" not in str(caught.value)
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_a_redirect_is_not_followed(llm: FakeLLM, tmp_path: Path, monkeypatch, code: int) -> None:
+    other = FakeLLM()
+    thread = threading.Thread(target=other.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET-123")
+        llm.script = [("redirect", other.url + "/chat/completions", code)]
+        with pytest.raises(GenerationError, match=f"HTTP {code} .*redirects are not followed"):
+            run(llm, tmp_path / "bank.json")
+        assert other.requests == [] and other.gets == []  # the key never reached it
+    finally:
+        other.server.shutdown()
+        other.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "warned"),
+    [
+        ("http://llm.example.com/v1", "sk-x", True),
+        ("http://user:pw@llm.example.com/v1", None, True),
+        ("https://llm.example.com/v1", "sk-x", False),
+        ("http://127.0.0.1:8080/v1", "sk-x", False),
+        ("http://localhost:8080/v1", "sk-x", False),
+        ("http://[::1]:8080/v1", "sk-x", False),
+        ("http://llm.example.com/v1", None, False),
+    ],
+)
+def test_plain_http_with_credentials_warns(url: str, key: str | None, warned: bool, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="lmseg.prompts.generate"):
+        ChatClient(base_url=url, api_key=key)  # builds no connection
+    assert ("sent unencrypted over plain http" in caplog.text) == warned
+    assert "sk-x" not in caplog.text and "pw" not in caplog.text
+
+
+def test_a_trickling_reply_is_cut_off_at_the_timeout(llm: FakeLLM, tmp_path: Path) -> None:
+    llm.script = [("trickle", 0.05)] * 3
+    result = run_bounded(15, lambda: run(llm, tmp_path / "bank.json", timeout=0.5, retries=1))
+    assert isinstance(result.get("error"), GenerationError), result
+    assert "no complete reply within 0.5 s" in str(result["error"])
+    assert result["seconds"] < 5  # two attempts of 0.5 s and a short backoff
+
+
+@pytest.mark.parametrize("length", [None, 10**12])
+def test_an_endless_reply_is_refused_at_the_size_limit(
+    llm: FakeLLM, tmp_path: Path, length: int | None
+) -> None:
+    llm.script = [("endless", length)] * 3
+    call = partial(run, llm, tmp_path / "bank.json", max_reply_bytes=1 << 20, timeout=30.0)
+    result = run_bounded(15, call)
+    assert isinstance(result.get("error"), GenerationError), result
+    assert "larger than 1048576 bytes (max_reply_bytes" in str(result["error"])
+    assert len(llm.requests) == 1  # not retried
+
+
+def test_over_long_descriptions_are_rejected_at_generation(llm: FakeLLM, tmp_path: Path) -> None:
+    long = {
+        "name": "wall",
+        "color": "It is " + " ".join(["white"] * 80) + ".",
+        "shape": "It is flat.",
+        "texture": "It is hard.",
+    }
+    answer = ("content", json.dumps({"classes": [long]}))
+    llm.script = [answer] * 3
+    with pytest.raises(GenerationError) as caught:
+        run(llm, tmp_path / "bank.json", classes=["wall"], retries=2)
+    assert '"wall"' in str(caught.value) and "tokens (limit 77" in str(caught.value)
+    llm.script = [answer]  # then good answers: the class is asked again and kept
+    run(llm, tmp_path / "bank.json", classes=["wall"])
+    check_complete(tmp_path / "bank.json", classes=["wall"])
+
+
+def test_provenance_records_the_reported_model_version(llm: FakeLLM, tmp_path: Path) -> None:
+    bank = run(llm, tmp_path / "bank.json", classes=["sky"])
+    assert bank.provenance.model == "fake-llm"
+    assert bank.provenance.model_version == REPORTED_MODEL
+    assert bank.provenance.prompt_kind == "exact"
+    assert bank.provenance.prompt.startswith("[system]\n" + SYSTEM_PROMPT)

@@ -13,8 +13,16 @@ import os
 import sys
 from typing import Any
 
-from lmseg.prompts.bank import BankError, load_bank, shipped_banks, validate_bank
+from lmseg.prompts.bank import (
+    BankError,
+    PromptBank,
+    load_bank,
+    read_bank_data,
+    shipped_banks,
+    validate_bank,
+)
 from lmseg.prompts.compose import MODES, compose_prompts
+from lmseg.prompts.quality import bank_warnings, cross_bank_differences
 from lmseg.prompts.templates import clip_tokenizer
 
 __all__ = ["register"]
@@ -42,12 +50,19 @@ def register(subparsers: Any) -> None:
     show.set_defaults(func=_show)
 
     validate = sub.add_parser(
-        "validate", help="check banks (schema, order, token length); no path: all shipped banks"
+        "validate",
+        help="check banks (schema, order, token length; warnings: stock sentences, generic "
+        "colours, differences between banks); no path: all shipped banks",
+        description="Problems (exit status 1): schema, class order, prompts over 77 tokens. "
+        "Warnings (exit status 1 only with --strict): a sentence used by more than 5 classes "
+        "of a bank, a generic colour, and one class described differently by two of the banks "
+        "checked together.",
     )
     validate.add_argument("paths", nargs="*", metavar="PATH", help="bank files or shipped names")
     validate.add_argument(
         "--name-free", action="store_true", help="also fail descriptions that name their class"
     )
+    validate.add_argument("--strict", action="store_true", help="warnings fail too")
     validate.set_defaults(func=_validate)
 
     gen = sub.add_parser(
@@ -76,7 +91,19 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR")
     gen.add_argument("--batch-size", type=int, default=20)
     gen.add_argument("--retries", type=int, default=5)
-    gen.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    gen.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds per request, reply included (the whole request is cut off after this)",
+    )
+    gen.add_argument(
+        "--max-reply-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest reply accepted (default 4 MiB)",
+    )
     gen.add_argument("--temperature", type=float, default=0.2)
     gen.add_argument(
         "--no-json-mode", action="store_true", help="do not send response_format=json_object"
@@ -93,8 +120,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _show(args: argparse.Namespace) -> int:
     try:
         bank = load_bank(args.bank)
-    except (BankError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (BankError, KeyError, OSError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.write(bank.to_json())
@@ -115,23 +142,52 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def _validate(args: argparse.Namespace) -> int:
     targets = args.paths or shipped_banks()
     if not targets:
         print("error: no bank given and no shipped banks found", file=sys.stderr)
         return 1
     tokenizer = clip_tokenizer()
-    failed = 0
+    failed = warned = 0
+    valid: list[PromptBank] = []
     for target in targets:
         problems = validate_bank(target, tokenizer=tokenizer, name_free=args.name_free)
         if problems:
             failed += 1
-            print(f"FAIL {target}: {len(problems)} problems")
+            print(f"FAIL {target}: {_count(len(problems), 'problem')}")
             for problem in problems:
                 print(f"  {problem}")
+            continue
+        bank = PromptBank.from_dict(read_bank_data(target))
+        valid.append(bank)
+        warnings = bank_warnings(bank)
+        if warnings:
+            warned += 1
+            print(f"WARN {target}: {len(bank)} classes, {_count(len(warnings), 'warning')}")
+            for warning in warnings:
+                print(f"  {warning}")
         else:
-            print(f"ok   {target}: {len(load_bank(target))} classes")
-    return 1 if failed else 0
+            print(f"ok   {target}: {len(bank)} classes")
+    differences = cross_bank_differences(valid) if len(valid) > 1 else []
+    if len(valid) > 1:
+        state = "WARN" if differences else "ok  "
+        print(
+            f"{state} across {len(valid)} banks: {_count(len(differences), 'class')} described "
+            "differently"
+        )
+        for difference in differences:
+            print(f"  {difference}")
+    print(
+        f"{_count(len(targets), 'bank')}: {len(targets) - failed - warned} ok, {warned} with "
+        f"warnings, {failed} failed; {_count(len(differences), 'difference')} between banks"
+    )
+    if failed or (args.strict and (warned or differences)):
+        return 1
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -143,23 +199,23 @@ def _generate(args: argparse.Namespace) -> int:
         generate_bank,
     )
 
-    if args.vocabulary:
-        from lmseg.vocabularies import load_vocabulary
-
-        try:
-            class_names = load_vocabulary(args.vocabulary)
-        except KeyError as e:
-            print(f"error: {e.args[0]}", file=sys.stderr)
-            return 2
-        name = args.name or args.vocabulary
-    else:
-        from lmseg.data import read_classes  # class files with comments, or a dataset's classes
-
-        class_names = read_classes(args.classes)
-        name = args.name or os.path.splitext(os.path.basename(args.classes))[0]
     if not args.quiet:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        if args.vocabulary:
+            from lmseg.vocabularies import load_vocabulary
+
+            try:
+                class_names = load_vocabulary(args.vocabulary)
+            except KeyError as e:
+                print(f"error: {e.args[0]}", file=sys.stderr)
+                return 2
+            name = args.name or args.vocabulary
+        else:
+            from lmseg.data import read_classes  # class files with comments, or a dataset's classes
+
+            class_names = read_classes(args.classes)
+            name = args.name or os.path.splitext(os.path.basename(args.classes))[0]
         bank = generate_bank(
             class_names,
             args.out,
@@ -170,6 +226,7 @@ def _generate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             retries=args.retries,
             timeout=args.timeout,
+            **({"max_reply_bytes": args.max_reply_bytes} if args.max_reply_bytes else {}),
             temperature=args.temperature,
             json_mode=not args.no_json_mode,
             progress=not args.quiet,

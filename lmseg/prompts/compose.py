@@ -52,13 +52,27 @@ from __future__ import annotations
 import logging
 import os
 import string
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Literal
 
-from lmseg.prompts.bank import ATTRIBUTES, ClassAttributes, PromptBank, find_bank, load_bank
-from lmseg.prompts.templates import CATSEG_TEMPLATE, Template, append_sentences, render_template
+from lmseg.prompts.bank import (
+    ATTRIBUTES,
+    ClassAttributes,
+    PromptBank,
+    find_bank,
+    load_bank,
+    short_quoted,
+    short_repr,
+)
+from lmseg.prompts.lookup import ClassMatch, lookup_classes
+from lmseg.prompts.templates import (
+    CATSEG_TEMPLATE,
+    Template,
+    append_sentences,
+    render_template,
+    split_synonyms,
+)
 
 __all__ = [
     "MODES",
@@ -85,16 +99,20 @@ _FORMAT_FIELDS = ("name", *ATTRIBUTES)
 
 
 class MissingBankWarning(UserWarning):
-    """Attribute prompts were asked for, but no prompt bank covers the classes."""
+    """Kept so that existing ``filterwarnings`` lines still import; no longer emitted. The
+    notice about classes without a bank entry is a log record of the ``lmseg.prompts.compose``
+    logger (see :func:`prompts_for`)."""
 
 
-def split_synonyms(name: str) -> list[str]:
-    """The synonyms of a vocabulary entry: ``"building, edifice"`` -> ``["building",
-    "edifice"]``. An entry without a comma is returned verbatim (``"bed "`` stays ``"bed "``)."""
-    if "," not in name:
-        return [name]
-    parts = [p.strip() for p in name.split(",")]
-    return [p for p in parts if p] or [name]
+_MAX_NAMED = 10
+_NAME_CHARACTERS = 40
+
+
+def _named(names: Sequence[str]) -> str:
+    """``'zebra', 'unicorn'``, at most 10 names of at most 40 characters, then a count."""
+    shown = ", ".join(short_repr(n, _NAME_CHARACTERS) for n in names[:_MAX_NAMED])
+    more = len(names) - _MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def num_prompts(
@@ -172,20 +190,35 @@ def compose_prompts(
         K lists of P prompt slots (strings; tuples of per-synonym strings with
         ``synonyms="mean"``).
     """
-    return _compose(class_names, bank, mode, templates, formats, synonyms, missing, warn=True)
+    loaded = load_bank(bank) if bank is not None else None
+    entries = {e.name: e for e in loaded.classes} if loaded is not None else {}
+    bank_name = f'bank "{loaded.vocabulary}"' if loaded is not None else "no bank"
+    prompts, missing_names = _compose(
+        class_names, entries, bank_name, mode, templates, formats, synonyms, missing
+    )
+    if loaded is not None and missing_names:
+        logger.warning(
+            "%d of %d classes have no entry in %s (%s); their attribute prompts repeat the "
+            "template",
+            len(missing_names),
+            len(class_names),
+            bank_name,
+            _named(missing_names),
+        )
+    return prompts
 
 
 def _compose(
     class_names: Sequence[str],
-    bank: PromptBank | str | os.PathLike[str] | None,
+    entries: dict[str, ClassAttributes],
+    bank_name: str,
     mode: str | None,
     templates: Sequence[Template] | None,
     formats: Sequence[str] | None,
     synonyms: str,
     missing: str,
-    *,
-    warn: bool,
-) -> list[list[PromptSlot]]:
+) -> tuple[list[list[PromptSlot]], list[str]]:
+    """The prompts, and the classes that needed an entry and had none."""
     mode = _resolve_mode(mode, formats)
     if synonyms not in ("first", "mean"):
         raise ValueError(f"synonyms must be 'first' or 'mean', got {synonyms!r}")
@@ -194,20 +227,17 @@ def _compose(
     templates = list(templates) if templates is not None else [CATSEG_TEMPLATE]
     if not templates:
         raise ValueError("templates must not be empty")
-    loaded = load_bank(bank) if bank is not None else None
-    entries = {e.name: e for e in loaded.classes} if loaded is not None else {}
-    bank_name = f'bank "{loaded.vocabulary}"' if loaded is not None else "no bank"
 
     format_fields = [_format_fields(f) for f in formats] if formats is not None else []
     name_only = next((i for i, f in enumerate(format_fields) if not f & set(ATTRIBUTES)), None)
     needs_entry = mode in _NEEDS_BANK or any(f & set(ATTRIBUTES) for f in format_fields)
 
     out: list[list[PromptSlot]] = []
-    n_missing = 0
+    missing_names = []
     for k, class_name in enumerate(class_names):
         entry = entries.get(class_name)
         if entry is None and needs_entry:
-            n_missing += 1
+            missing_names.append(class_name)
             if (
                 missing == "error"
                 or mode == "attributes_only"
@@ -215,22 +245,14 @@ def _compose(
             ):
                 why = "" if missing == "error" else f" and mode {mode!r} has no name-only fallback"
                 raise ValueError(
-                    f'class {k} ("{class_name}") has no entry in {bank_name}{why}; '
+                    f"class {k} ({short_quoted(class_name)}) has no entry in {bank_name}{why}; "
                     "`lmseg prompts generate` can write a bank for these classes"
                 )
         names = split_synonyms(class_name)
         if synonyms == "first":
             names = names[:1]
         out.append(_class_prompts(names, entry, mode, templates, formats, format_fields, name_only))
-
-    if warn and loaded is not None and n_missing:
-        logger.warning(
-            "%d of %d classes have no entry in %s; their attribute prompts repeat the template",
-            n_missing,
-            len(class_names),
-            bank_name,
-        )
-    return out
+    return out, missing_names
 
 
 def _class_prompts(
@@ -291,7 +313,7 @@ def _render_format(fmt: str, entry: ClassAttributes | None, name: str) -> str:
     return fmt.format_map(values)
 
 
-_notified: set[str] = set()
+_notified: set[tuple[str, ...]] = set()
 
 
 def prompts_for(
@@ -304,29 +326,59 @@ def prompts_for(
 ) -> list[list[PromptSlot]]:
     """Prompts for any class list, the way the segmenter asks for them.
 
-    With ``bank=None`` the shipped bank whose class list equals ``classes`` is used
-    (:func:`~lmseg.prompts.bank.find_bank`). When there is none and the mode needs attributes,
-    the template prompt fills every slot (P unchanged, see :func:`compose_prompts`) and a
-    one-time :class:`MissingBankWarning` says that ``lmseg prompts generate`` can write a bank.
-    ``"attributes_only"`` cannot fall back and raises.
+    With ``bank=None`` the descriptions come from the shipped banks: the bank of the shipped
+    vocabulary equal to ``classes`` (:func:`~lmseg.prompts.bank.find_bank`; prompts identical
+    to ``compose_prompts(classes, that_bank)``), else the bank holding every class under its
+    exact name, else each class looked up on its own (exact name, then case and whitespace
+    normalised, then first synonym; :mod:`lmseg.prompts.lookup`). Classes found nowhere, or
+    described differently by two shipped banks, get the template prompt in every slot (P
+    unchanged, see :func:`compose_prompts`); one log record (logger
+    ``lmseg.prompts.compose``, level WARNING, once per process for the same classes) names
+    them and says that ``lmseg prompts generate`` can write a bank. ``"attributes_only"``
+    cannot fall back and raises. With a ``bank``, that bank alone is used.
 
     Returns:
         K lists of P prompt slots, as :func:`compose_prompts`.
     """
     resolved = _resolve_mode(mode, formats)
-    if bank is None:
-        bank = find_bank(classes)
     needs = resolved in _NEEDS_BANK or (
         formats is not None and any(_format_fields(f) & set(ATTRIBUTES) for f in formats)
     )
-    if bank is None and needs and resolved != "attributes_only" and "no_bank" not in _notified:
-        _notified.add("no_bank")
-        warnings.warn(
-            f"no prompt bank matches these {len(classes)} classes: using the template prompt "
-            "alone; `lmseg prompts generate --classes FILE --out BANK.json` can write one",
-            MissingBankWarning,
-            stacklevel=2,
+    if bank is not None or not needs:
+        return compose_prompts(classes, bank, resolved, templates, formats, synonyms)  # type: ignore[arg-type]
+    shipped = find_bank(classes)
+    if shipped is not None:
+        return compose_prompts(classes, shipped, resolved, templates, formats, synonyms)  # type: ignore[arg-type]
+    matches = lookup_classes(classes)
+    entries = {m.name: m.entry for m in matches if m.entry is not None}
+    prompts, _ = _compose(
+        classes, entries, "the shipped banks", resolved, templates, formats, synonyms, "repeat"
+    )
+    _notify(matches)
+    return prompts
+
+
+def _notify(matches: Sequence[ClassMatch]) -> None:
+    unknown = [m.name for m in matches if m.kind == "unknown"]
+    ambiguous = [m.name for m in matches if m.kind == "ambiguous"]
+    key = (*unknown, "\0", *ambiguous)
+    if not (unknown or ambiguous) or key in _notified:
+        return
+    _notified.add(key)
+    parts = []
+    if unknown:
+        parts.append(
+            f"{len(unknown)} of {len(matches)} classes are in no shipped prompt bank "
+            f"({_named(unknown)})"
         )
-    return _compose(
-        classes, bank, resolved, templates, formats, synonyms, "repeat", warn=bank is not None
+    if ambiguous:
+        parts.append(
+            f"{len(ambiguous)} {'means' if len(ambiguous) == 1 else 'mean'} different things "
+            "in different shipped banks "
+            f"({_named(ambiguous)})"
+        )
+    logger.warning(
+        "%s: their attribute prompts repeat the template. `lmseg prompts generate --classes "
+        "FILE --out BANK.json` can write a bank, to pass as bank=BANK.json",
+        "; ".join(parts),
     )

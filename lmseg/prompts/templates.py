@@ -25,6 +25,7 @@ __all__ = [
     "render_template",
     "sentence",
     "simple_imagenet_templates",
+    "split_synonyms",
 ]
 
 # CAT-Seg's single template, verbatim: no final period (CAT-Seg `PROMPT_ENSEMBLE_TYPE: single`).
@@ -67,6 +68,15 @@ def render_template(template: Template, name: str) -> str:
     if template.count("{}") != 1:
         raise ValueError(f"a template string needs exactly one '{{}}' slot, got {template!r}")
     return template.replace("{}", name)
+
+
+def split_synonyms(name: str) -> list[str]:
+    """The synonyms of a vocabulary entry: ``"building, edifice"`` -> ``["building",
+    "edifice"]``. An entry without a comma is returned verbatim (``"bed "`` stays ``"bed "``)."""
+    if "," not in name:
+        return [name]
+    parts = [p.strip() for p in name.split(",")]
+    return [p for p in parts if p] or [name]
 
 
 def sentence(text: str) -> str:
