@@ -27,8 +27,6 @@ from lmseg.demo.logic import (
 )
 from lmseg.visualize import legend_width, palette
 
-pytestmark = pytest.mark.filterwarnings("ignore::lmseg.prompts.MissingBankWarning")
-
 CLASSES = "sky, grass, soil"
 
 

@@ -35,7 +35,6 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
-@pytest.mark.filterwarnings("ignore::lmseg.prompts.MissingBankWarning")
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(DOCS)))
 def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A page's blocks run in order in one namespace, as a reader would paste them."""

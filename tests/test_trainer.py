@@ -299,7 +299,6 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.filterwarnings("ignore::lmseg.prompts.MissingBankWarning")  # made-up class names
 def test_bf16_lmseg_step_keeps_sam_frozen_and_trains_fusion(tmp_path):
     trainer = Trainer(
         tiny_config(tmp_path, "train.precision=bf16", "model.name=lmseg_tiny"),

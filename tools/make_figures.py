@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 import lmseg
 from lmseg.factory import describe_model, get_variant
-from lmseg.prompts import MissingBankWarning
 from lmseg.visualize import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,9 +171,7 @@ def overlay_figure() -> Image.Image:
     torch.manual_seed(0)
     image = scene()
     segmenter = lmseg.Segmenter(lmseg.create_model("lmseg_tiny"))
-    with warnings.catch_warnings():  # no shipped bank for these classes: template prompts
-        warnings.simplefilter("ignore", MissingBankWarning)
-        labels = segmenter.predict(image, CLASSES).labels
+    labels = segmenter.predict(image, CLASSES).labels
     return overlay(image, labels, CLASSES)
 
 
