@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -49,6 +49,7 @@ from lmseg.fusion.weighted_fusion import FUSIONS
 from lmseg.model import LMSeg
 from lmseg.registry import RegistryError
 from lmseg.runtime import resolve_device
+from lmseg.training_free import TrainingFreeModel
 
 __all__ = [
     "AggregatorConfig",
@@ -149,7 +150,9 @@ class ModelConfig:
         vision_language_encoder: ``{"type": ..., **options}`` of the CLIP role.
         spatial_encoder: the SAM role, or None (CAT-Seg).
         fusion: how ``F_c`` and ``F_s`` combine (with a spatial encoder), or None.
-        aggregator: cost aggregation and decoder sizes, and the class attention.
+        aggregator: cost aggregation and decoder sizes, and the class attention; None for the
+            training-free baseline (:mod:`lmseg.training_free`: cosine similarity, no
+            aggregation, nothing trained).
         num_prompts: P, prompts per class (1: CAT-Seg's template; 4: template + three attributes).
     """
 
@@ -157,7 +160,7 @@ class ModelConfig:
     vision_language_encoder: dict[str, Any]
     spatial_encoder: dict[str, Any] | None = None
     fusion: dict[str, Any] | None = None
-    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    aggregator: AggregatorConfig | None = field(default_factory=AggregatorConfig)
     num_prompts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,8 +204,17 @@ class ModelConfig:
         elif fusion is not None:
             raise RegistryError("config.fusion needs a spatial_encoder to fuse with")
         aggregator = data.get("aggregator", {})
+        num_prompts = data.get("num_prompts", 1)
+        if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or not 1 <= num_prompts <= 64:
+            raise RegistryError(f"config.num_prompts must be an integer in [1, 64], got {num_prompts!r}")
+        if aggregator is None:  # the training-free baseline
+            if spatial is not None:
+                raise RegistryError("the training-free model (aggregator: null) takes no spatial_encoder")
+            return cls(
+                name=data["name"], vision_language_encoder=vl, aggregator=None, num_prompts=num_prompts
+            )
         if not isinstance(aggregator, Mapping):
-            raise RegistryError("config.aggregator must be a mapping")
+            raise RegistryError("config.aggregator must be a mapping or null")
         aggregator = dict(aggregator)
         bad = sorted(set(aggregator) - {f.name for f in fields(AggregatorConfig)})
         if bad:
@@ -215,9 +227,6 @@ class ModelConfig:
         for f in fields(AggregatorConfig):
             if isinstance(aggregator.get(f.name), list):
                 aggregator[f.name] = tuple(aggregator[f.name])
-        num_prompts = data.get("num_prompts", 1)
-        if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or not 1 <= num_prompts <= 64:
-            raise RegistryError(f"config.num_prompts must be an integer in [1, 64], got {num_prompts!r}")
         return cls(
             name=data["name"],
             vision_language_encoder=vl,
@@ -320,7 +329,7 @@ _WEIGHTED = {"type": "weighted", "mode": "scalar", "init": 0.5, "hidden_dim": 64
 
 # LMSeg: template + three attribute sentences (P = 4), the revised paper's top-32 filtering.
 # CAT-Seg: its single template (P = 1) and top-pad_len (256) filtering.
-for _name, _config, _top_k, _tiny, _description in [
+_BUILT_IN: list[tuple[str, dict[str, Any], int | None, bool, str]] = [
     ("lmseg_vitb16_samb", dict(vision_language_encoder=_VITB, spatial_encoder=_SAM_B, fusion=_WEIGHTED,
                                num_prompts=4), 32, False,
      "LMSeg: CLIP ViT-B/16 @384 + SAM vit_b, attribute prompts (P=4), top-32"),
@@ -338,7 +347,14 @@ for _name, _config, _top_k, _tiny, _description in [
     ("catseg_tiny", dict(vision_language_encoder=_TINY_CLIP, aggregator=_TINY_AGGREGATOR,
                          num_prompts=1), 16, True,
      "tiny random-weight CAT-Seg for tests and demos (96 px, 12x12 grid)"),
-]:
+    ("maskclip_vitb16", dict(vision_language_encoder={**_VITB, "image_size": 448, "dense_mode": "maskclip"},
+                             aggregator=None, num_prompts=1), None, False,
+     "training-free baseline: CLIP ViT-B/16 @448 dense features (MaskCLIP) and cosine similarity"),
+    ("maskclip_tiny", dict(vision_language_encoder={**_TINY_CLIP, "dense_mode": "maskclip"},
+                           aggregator=None, num_prompts=1), None, True,
+     "tiny random-weight training-free baseline for tests (96 px, 12x12 grid)"),
+]
+for _name, _config, _top_k, _tiny, _description in _BUILT_IN:
     register_model(_name, {"name": _name, **_config}, description=_description,
                    default_top_k=_top_k, tiny=_tiny)
 
@@ -418,7 +434,7 @@ def _default_top_k(config: ModelConfig) -> int | None:
     if variant is not None:
         return variant.default_top_k
     # CAT-Seg's rule: with padding to pad_len, keep the top pad_len classes of larger vocabularies.
-    return config.aggregator.pad_len or None
+    return config.aggregator.pad_len or None if config.aggregator is not None else None
 
 
 def build_model(
@@ -440,11 +456,20 @@ def build_model(
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(config)
-    a = config.aggregator
     vision_language = VISION_LANGUAGE_ENCODERS.build(
         config.vision_language_encoder, "vision_language_encoder",
         weights=vision_language_weights, cache_dir=cache_dir,
     )
+    saved = json.loads(json.dumps(config.to_dict()))  # what a checkpoint stores and reloads
+    a = config.aggregator
+    if a is None:
+        # The training-free baseline has LMSeg's inference interface (Segmenter, evaluation).
+        return cast(
+            LMSeg,
+            TrainingFreeModel(
+                vision_language_encoder=vision_language, num_prompts=config.num_prompts, config=saved
+            ),
+        )
     d = vision_language.embed_dim
     spatial = adapter = fusion = None
     if config.spatial_encoder is not None:
@@ -496,8 +521,7 @@ def build_model(
             decoder_dims=a.decoder_dims,
         ),
         default_top_k=_default_top_k(config),
-        # JSON form (tuples become lists), exactly what a checkpoint stores and reloads.
-        config=json.loads(json.dumps(config.to_dict())),
+        config=saved,
     )
 
 

@@ -62,8 +62,20 @@ __all__ = [
     "unregister_weights",
 ]
 
-# Variants that have no weights on purpose (test and demo sizes): built random, never warned about.
-RANDOM_BY_DESIGN = frozenset({"lmseg_tiny", "catseg_tiny"})
+def random_by_design(variant: str) -> bool:
+    """A test/demo variant that is random on purpose (``tiny=True`` in the model registry)."""
+    from lmseg.factory import get_variant
+
+    try:
+        return get_variant(variant).tiny
+    except KeyError:
+        return False
+
+
+def _trained_head(config: Any) -> tuple[str, ...]:
+    """``("aggregator",)`` for models with a trained head; none for the training-free one."""
+    return ("aggregator",) if config.aggregator is not None else ()
+
 
 CheckpointFormat = Literal["lmseg", "catseg"]
 
@@ -182,7 +194,7 @@ class WeightsEntry:
         parts = [] if self.vision_language is not None else [part_name(config, "vision_language")]
         if config.spatial_encoder is not None and self.spatial is None:
             parts.append(part_name(config, "spatial"))
-        return (*parts, "aggregator")
+        return (*parts, *_trained_head(config))
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -322,6 +334,11 @@ for _variant, _clip in (("lmseg_vitb16_samb", "ViT-B/16"), ("lmseg_vitl14_samb",
         description=f"CLIP {_clip} (openai) + SAM vit_b (official) + an UNTRAINED aggregator: no "
         "released LMSeg weights exist; train it or load a trained checkpoint",
     )
+register_weights(
+    "maskclip_vitb16", "openai", default=True, license=OPENAI_CLIP_LICENSE, vision_language="openai",
+    description="CLIP ViT-B/16 (openai), training-free (MaskCLIP-style dense features, cosine "
+    "similarity): nothing else to download or train",
+)
 
 
 def clip_source(model_name: str, tag: str) -> FileSource:
@@ -379,10 +396,16 @@ class WeightsPlan:
         """The one-line warning for random parts, or None."""
         if self.by_design or not self.random_parts:
             return None
-        released = [e.tag for e in list_weights(self.variant) if e.checkpoint is not None]
+        from lmseg.factory import get_variant
+
+        try:
+            config = get_variant(self.variant).config
+            complete = [e.tag for e in list_weights(self.variant) if not e.random_parts(config)]
+        except KeyError:  # a config that is not a registered variant
+            complete = [e.tag for e in list_weights(self.variant) if e.checkpoint is not None]
         hint = (
-            f"the released weights are {self.variant}:{released[0]}"
-            if released
+            f"the released weights are {self.variant}:{complete[0]}"
+            if complete
             else "no trained weights have been released for it: train it or load a trained checkpoint"
         )
         if self.random_parts == ("aggregator",):
@@ -390,7 +413,8 @@ class WeightsPlan:
                 f"lmseg: {self.variant} ({self.source}) has an untrained aggregator (cost "
                 f"embedding, aggregation, decoder): its segmentations are meaningless; {hint}"
             )
-        parts = ", ".join(self.random_parts[:-1]) + " and " + self.random_parts[-1]
+        *first, last = self.random_parts
+        parts = f"{', '.join(first)} and {last}" if first else last
         return (
             f"lmseg: {self.variant} was built with random {parts} weights: its segmentations are "
             f"meaningless; {hint} (lmseg weights list)"
@@ -432,7 +456,7 @@ def resolve(
     """
     variant = str(config.name)
     has_spatial = config.spatial_encoder is not None
-    by_design = variant in RANDOM_BY_DESIGN
+    by_design = random_by_design(variant)
     if pretrained is True:
         tag = default_tag(variant)
         if tag is None:
@@ -452,7 +476,7 @@ def resolve(
             random.append(part_name(config, "spatial"))
         return WeightsPlan(
             variant, "random", vision_language=vl_file, spatial=spatial_file,
-            random_parts=(*random, "aggregator"), by_design=by_design,
+            random_parts=(*random, *_trained_head(config)), by_design=by_design,
         )
     spec = os.fspath(pretrained)
     if is_hub_id(spec):
@@ -474,7 +498,7 @@ def _entry_plan(
     entry: WeightsEntry, config: Any, vision_language: Any, spatial: Any, cache: Any
 ) -> WeightsPlan:
     source = f"{entry.variant}:{entry.tag}"
-    by_design = entry.variant in RANDOM_BY_DESIGN
+    by_design = random_by_design(entry.variant)
     if entry.checkpoint is not None:
         if entry.checkpoint_format == "catseg":
             path = _converted(entry, cache)
@@ -491,7 +515,7 @@ def _entry_plan(
         random.append(part_name(config, "spatial"))
     return WeightsPlan(
         entry.variant, source, vision_language=vl_file, spatial=spatial_file,
-        random_parts=(*random, "aggregator"), by_design=by_design,
+        random_parts=(*random, *_trained_head(config)), by_design=by_design,
     )
 
 

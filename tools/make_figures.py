@@ -239,12 +239,14 @@ def variants_table() -> str:
         vl = config.vision_language_encoder
         spatial = _options(config.spatial_encoder, "variant", "image_size")
         fusion = _options(config.fusion, "mode", "init")
-        attention = (config.aggregator.class_attention or {"type": "linear"})["type"]
+        head = config.aggregator
+        attention = "—" if head is None else (head.class_attention or {"type": "linear"})["type"]
+        width = "—" if head is None else str(head.hidden_dim)
         top_k = str(variant.default_top_k) if variant.default_top_k is not None else "all"
         rows.append(
             f"| `{name}` | {describe_model(name)} | {vl['type']} {vl['model_name']} | {vl['image_size']} "
             f"| {', '.join(map(str, vl['guidance_layers']))} | {spatial} | {fusion} | {attention} "
-            f"| {config.num_prompts} | {top_k} | {config.aggregator.hidden_dim} |"
+            f"| {config.num_prompts} | {top_k} | {width} |"
         )
     return "\n".join(rows)
 

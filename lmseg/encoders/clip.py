@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # Kept for code written against earlier releases: the dense output of any vision-language encoder.
 CLIPFeatures = DenseFeatures
+DENSE_MODES: tuple[str, ...] = ("catseg", "maskclip")
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -58,6 +59,10 @@ class CLIPEncoder(VisionLanguageEncoder):
         tokenizer_name: open_clip model name whose tokenizer to use.
         mean: RGB mean of the pretrained weights' normalisation (OpenAI's by default).
         std: RGB standard deviation of that normalisation.
+        dense_mode: how the last block makes dense features: ``"catseg"`` (CAT-Seg's: value
+            path, out-proj, the CLS token as residual, then the MLP) or ``"maskclip"``
+            (MaskCLIP's: the value path through out-proj alone, no residual, no MLP), the
+            training-free baseline's.
 
     Images are RGB float tensors in [0, 1]; the encoder owns resizing and normalisation.
     """
@@ -75,8 +80,12 @@ class CLIPEncoder(VisionLanguageEncoder):
         tokenizer_name: str = "ViT-B-16",
         mean: Sequence[float] = OPENAI_DATASET_MEAN,
         std: Sequence[float] = OPENAI_DATASET_STD,
+        dense_mode: str = "catseg",
     ) -> None:
         super().__init__()
+        if dense_mode not in DENSE_MODES:
+            raise ValueError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
+        self.dense_mode = dense_mode
         self.model = model
         self.image_size = _pair(image_size)
         self.guidance_layers = tuple(guidance_layers)
@@ -145,15 +154,18 @@ class CLIPEncoder(VisionLanguageEncoder):
         x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
         return visual.ln_pre(visual.patch_dropout(x)), grid
 
-    @staticmethod
-    def _dense_block(block: Any, x: torch.Tensor) -> torch.Tensor:
-        """CAT-Seg's dense last block on ``(B, 1 + L, width)`` tokens."""
+    def _dense_block(self, block: Any, x: torch.Tensor) -> torch.Tensor:
+        """The dense last block on ``(B, 1 + L, width)`` tokens (see ``dense_mode``)."""
         attn: nn.MultiheadAttention = block.attn
         width = x.shape[-1]
         y = block.ln_1(x)
         value = F.linear(
             y, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :]
         )
+        if self.dense_mode == "maskclip":
+            # MaskCLIP: "using the value features works the best"; adding them to the residual
+            # or feeding them to the MLP degrades training-free segmentation.
+            return block.ls_1(attn.out_proj(value))
         y = block.ls_1(attn.out_proj(value)) + x[:, :1]
         return y + block.ls_2(block.mlp(block.ln_2(y)))
 
@@ -275,6 +287,7 @@ def build_open_clip_encoder(
     model_cfg: dict[str, Any] | None = None,
     tokenizer_name: str = "ViT-B-16",
     quick_gelu: bool = True,
+    dense_mode: str = "catseg",
     weights: str | None = None,
     cache_dir: str | None = None,
 ) -> CLIPEncoder:
@@ -288,6 +301,7 @@ def build_open_clip_encoder(
         model_cfg: a full open_clip model config for custom sizes (tiny test models).
         tokenizer_name: open_clip built-in model whose tokenizer to use.
         quick_gelu: QuickGELU (OpenAI CLIP's activation, hence CAT-Seg's and LMSeg's).
+        dense_mode: ``"catseg"`` or ``"maskclip"`` (see :class:`CLIPEncoder`).
         weights: open_clip pretrained tag (``"openai"``) or a weights file; None: random.
         cache_dir: open_clip's download cache.
     """
@@ -298,7 +312,11 @@ def build_open_clip_encoder(
         model_name, weights, cache_dir=cache_dir, model_cfg=model_cfg, quick_gelu=quick_gelu
     )
     return CLIPEncoder(
-        model=model, image_size=image_size, guidance_layers=guidance_layers, tokenizer_name=tokenizer_name
+        model=model,
+        image_size=image_size,
+        guidance_layers=guidance_layers,
+        tokenizer_name=tokenizer_name,
+        dense_mode=dense_mode,
     )
 
 
