@@ -32,6 +32,7 @@ from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder
 from lmseg.encoders.common import OfficialWeights, check_int, check_ints, find_weights
 
 __all__ = [
+    "SAM2_0_WEIGHTS",
     "SAM2_VARIANTS",
     "SAM2_WEIGHTS",
     "SAM2Encoder",
