@@ -9,14 +9,14 @@ Text embeddings are computed once per vocabulary (in memory, and on disk through
   one global view, all run as one batch; sigmoid probabilities of the windows are averaged where
   they overlap, then averaged with the global view.
 
-Upsampling to the image size and the arg-max run in class chunks, so memory beyond the model's
-own output does not grow with the vocabulary unless probabilities are requested.
+Upsampling to the image size and the arg-max run tile by tile (:mod:`lmseg.label_maps`), so memory
+beyond the model's own output does not grow with the vocabulary unless probabilities are requested.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from lmseg.io import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_classes
+from lmseg.label_maps import upsampled_argmax
 from lmseg.model import LMSeg
 from lmseg.prompts import embed_prompts, prompts_for
 
@@ -95,42 +96,6 @@ class SlidingWindow:
         return folded.add_(whole).div_(2)
 
 
-def upsampled_argmax(
-    probabilities: Iterable[torch.Tensor],
-    size: tuple[int, int],
-    *,
-    keep: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Arg-max over classes of per-class maps upsampled to ``size``, one class chunk at a time.
-
-    Only one chunk is ever upsampled at once, so memory does not grow with K (unless ``keep``
-    asks for every upsampled map).
-
-    Args:
-        probabilities: consecutive class chunks ``(k, h', w')`` covering classes 0..K-1 in order.
-        size: (H, W) of the output.
-        keep: optional ``(K, H, W)`` buffer filled with the upsampled maps.
-
-    Returns:
-        ``(H, W)`` int64 class indices (the first class wins ties).
-    """
-    labels = torch.zeros(size, dtype=torch.int64)
-    best = torch.full(size, -1.0)
-    start = 0
-    for part in probabilities:
-        up = F.interpolate(part[None], size=size, mode="bilinear", align_corners=False)[0]
-        if start == 0:
-            labels, best = labels.to(up.device), best.to(up.device)
-        value, index = up.max(dim=0)
-        better = value > best
-        best = torch.where(better, value, best)
-        labels = torch.where(better, index + start, labels)
-        if keep is not None:
-            keep[start : start + part.shape[0]] = up
-        start += part.shape[0]
-    return labels
-
-
 class Segmenter:
     """Open-vocabulary segmentation of single images with any class list.
 
@@ -145,7 +110,7 @@ class Segmenter:
         window: sliding-window geometry (CAT-Seg's 640 / 384 / 1/3 by default).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
         cache_dir: on-disk text-embedding cache (``$LMSEG_CACHE/text`` by default).
-        class_chunk: classes upsampled to image size at once.
+        class_chunk: classes recombined at once in sliding-window inference.
         max_pixels: refuse larger images.
 
     Example:
@@ -257,8 +222,7 @@ class Segmenter:
         probs = self._probabilities(pixels, text, sliding)
         size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
         full = torch.empty(probs.shape[0], *size) if return_probabilities else None
-        chunks = probs.split(self.class_chunk)
-        labels = upsampled_argmax(chunks, size, keep=full).to(torch.int32).cpu()
+        labels = upsampled_argmax(probs, size, keep=full).to(torch.int32).cpu()
         if full is not None:
             return labels.numpy(), full.numpy()
         return labels.numpy()

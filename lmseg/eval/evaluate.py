@@ -39,8 +39,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lmseg.data.datasets import DatasetNotFoundError, SegmentationDataset, get_dataset_spec
 from lmseg.data.transforms import resize_image, shortest_edge_size
 from lmseg.eval.metrics import SegmentationMetrics, format_table, results_to_json
+from lmseg.label_maps import upsampled_argmax
 from lmseg.model import LMSeg
-from lmseg.segmenter import Precision, Segmenter, SlidingWindow, upsampled_argmax
+from lmseg.segmenter import Precision, Segmenter, SlidingWindow
 from lmseg.vocabularies import load_vocabulary
 
 __all__ = [
