@@ -6,14 +6,24 @@ align_corners=False)[0].argmax(0)`` returns (the first class wins ties), without
 
 - a tile's bilinear values only read a small window of the input (the source rows and columns of
   its first and last pixels), so a tile needs ``(k, tile, tile)`` numbers at a time for a block of
-  k classes: memory beyond the model's output ``(K, h', w')`` and the label map is a fixed working
-  set at any K and image size (plus two ``(K, w')`` tables of window extremes per row of tiles);
+  k classes: beyond the maps themselves and the ``(H, W)`` int64 label map, memory is a fixed
+  working set at any K and image size (plus two ``(k, w')`` tables of window extremes per chunk
+  and row of tiles, and an ``(H, W)`` map of the best values so far when the classes come in
+  several chunks);
 - a class whose maximum over the window is below another class's minimum there cannot win
   anywhere in the tile (bilinear values are convex combinations of the window), so only the
   remaining classes are interpolated, and a tile with one remaining class is filled without any;
 - the interpolation repeats PyTorch's own arithmetic (source coordinates, weights, the order and
-  fusing of the multiply-adds, checked once per device and dtype against ``F.interpolate`` on a
-  probe), so the maps, and hence the labels, are identical bit for bit to the full upsample.
+  fusing of the multiply-adds, measured once per device and dtype against ``F.interpolate`` on a
+  probe), so the maps, and hence the labels, are identical bit for bit to the full upsample. If no
+  candidate arithmetic matches (another compiler or device), plain float arithmetic is used: the
+  maps then agree to a few roundings and labels can differ only at such near-ties.
+
+Class chunks are read one at a time, so a generator of chunks (sliding-window recombination)
+never has all K maps alive. With ``keep`` (every probability requested) each class is upsampled on
+its own over the whole image, straight into the caller's buffer. Outputs of at most 128 px in
+height + width, and three classes on one thread, take PyTorch's own call on all classes at once
+(its CPU kernel rounds differently there): at most 4,096 pixels, or three maps of the image size.
 
 The probabilities the arg-max reads are checked for NaN and infinite values on the way
 (:class:`NonFiniteProbabilitiesError`): a label map of a broken model is refused, not returned.
@@ -22,7 +32,7 @@ The probabilities the arg-max reads are checked for NaN and infinite values on t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,8 +41,9 @@ import torch.nn.functional as F
 
 __all__ = ["NonFiniteProbabilitiesError", "upsampled_argmax"]
 
-# Output pixels per tile side, and classes interpolated at once inside a tile: a block's
-# (16, 128, 128) float32 maps (1 MiB) stay in this CPU's L2/L3 caches (benchmarks/argmax.py).
+# Output pixels per tile side, and classes interpolated at once inside a tile (a 1 MiB float32
+# block): on the 2-core CPU VM as fast as 192-256 px tiles and 32-64 classes on model maps, and
+# the fastest on noise maps, where every class is interpolated everywhere.
 TILE = 128
 CLASS_BLOCK = 16
 
@@ -58,10 +69,11 @@ def upsampled_argmax(
 
     Args:
         probabilities: ``(K, h', w')`` float32/float64 maps, or consecutive class chunks
-            ``(k, h', w')`` covering classes 0..K-1 in order, all on one device.
+            ``(k, h', w')`` covering classes 0..K-1 in order, all on one device (an iterator is
+            consumed one chunk at a time: chunks need not exist all at once).
         size: (H, W) of the output.
         keep: optional ``(K, H, W)`` buffer filled with every upsampled map (then every class is
-            interpolated everywhere: no class is skipped).
+            upsampled everywhere, one class at a time: no class is skipped).
         tile: output tile side in pixels.
         class_block: classes interpolated at once within a tile.
 
@@ -73,137 +85,171 @@ def upsampled_argmax(
         NonFiniteProbabilitiesError: a map value read by the upsampling is NaN or infinite.
         ValueError: maps of different sizes, an empty class list or an empty output size.
     """
-    maps = _ClassMaps(probabilities)
     height, width = (int(s) for s in size)
     if height < 1 or width < 1:
         raise ValueError(f"the output size must be positive, got {height}x{width}")
-    if keep is not None and tuple(keep.shape) != (maps.num_classes, height, width):
-        raise ValueError(
-            f"keep must have shape {(maps.num_classes, height, width)}, got {tuple(keep.shape)}"
-        )
     if tile < 1 or class_block < 1:
         raise ValueError(f"tile and class_block must be positive, got {tile} and {class_block}")
-    if not _generic_kernel(maps, height, width):
-        return _whole(maps, height, width, keep)
+    if keep is not None and tuple(keep.shape[1:]) != (height, width):
+        raise ValueError(f"keep must have shape (K, {height}, {width}), got {tuple(keep.shape)}")
+    chunks = _Chunks(probabilities)
+    if not _generic_kernel(chunks, height, width):
+        return _whole(chunks, height, width, keep)
     if keep is not None:
-        return _every_class(maps, height, width, keep)
+        return _every_class(chunks, height, width, keep)
+    return _tiled(chunks, height, width, tile, class_block)
 
-    arithmetic = _arithmetic(maps.device, maps.dtype)
-    rows = _Axis.of(maps.height, height, maps.dtype, maps.device, arithmetic.fused_index)
-    cols = _Axis.of(maps.width, width, maps.dtype, maps.device, arithmetic.fused_index)
-    labels = torch.empty(height, width, dtype=torch.int64, device=maps.device)
-    for y0, y1 in _spans(height, tile):
-        row_window = rows.window(y0, y1)
-        band_max, band_min = maps.extremes_over_rows(row_window)  # (K, w') each
-        for x0, x1 in _spans(width, tile):
-            col_window = cols.window(x0, x1)
-            classes = _possible_winners(
-                band_max[:, col_window].amax(1), band_min[:, col_window].amin(1)
-            )
-            winner = labels[y0:y1, x0:x1]
-            if classes.numel() == 1:  # it beats every other class everywhere in the tile
-                winner.fill_(classes[0])
-                continue
-            tile_rows = rows.local(y0, y1, row_window)
-            tile_cols = cols.local(x0, x1, col_window)
-            best: torch.Tensor | None = None
-            for block in classes.split(class_block):
-                values = _resample(
-                    maps.window(block, row_window, col_window), tile_rows, tile_cols, arithmetic
-                )  # (k, y1 - y0, x1 - x0)
-                value, index = values.max(dim=0)  # the first maximum: the first class wins ties
-                if best is None:
-                    best = value
-                    winner.copy_(block[index])
-                else:
-                    better = value > best  # strict: an earlier class keeps a tie
-                    best = torch.where(better, value, best)
-                    winner.copy_(torch.where(better, block[index], winner))
+
+def _tiled(chunks: _Chunks, height: int, width: int, tile: int, class_block: int) -> torch.Tensor:
+    """The tiled pass over the chunks in order; per tile, the highest window minimum and the
+    largest magnitude seen so far decide which classes of the next chunks can still win."""
+    arithmetic = _arithmetic(chunks.device, chunks.dtype)
+    rows = _Axis.of(chunks.height, height, chunks.dtype, chunks.device, arithmetic.fused_index)
+    cols = _Axis.of(chunks.width, width, chunks.dtype, chunks.device, arithmetic.fused_index)
+    row_spans, col_spans = _spans(height, tile), _spans(width, tile)
+    labels = torch.empty(height, width, dtype=torch.int64, device=chunks.device)
+    # Later chunks are compared with the values of the winners so far: kept only if there are any.
+    best = None if chunks.single else torch.empty(height, width, dtype=chunks.dtype, device=chunks.device)
+    floor = [[-math.inf] * len(col_spans) for _ in row_spans]
+    scale = [[0.0] * len(col_spans) for _ in row_spans]
+    started = [[False] * len(col_spans) for _ in row_spans]
+    for start, chunk, last in chunks:
+        for ty, (y0, y1) in enumerate(row_spans):
+            row_window = rows.window(y0, y1)
+            band_max, band_min = chunks.extremes_over_rows(chunk, row_window)  # (k, w') each
+            for tx, (x0, x1) in enumerate(col_spans):
+                col_window = cols.window(x0, x1)
+                window_max = band_max[:, col_window].amax(1)
+                window_min = band_min[:, col_window].amin(1)
+                floor[ty][tx] = max(floor[ty][tx], float(window_min.max()))
+                scale[ty][tx] = max(
+                    scale[ty][tx], float(window_max.abs().max()), float(window_min.abs().max())
+                )
+                classes = _possible_winners(window_max, floor[ty][tx], scale[ty][tx])
+                if classes.numel() == 0:  # none of this chunk can beat the winners so far
+                    continue
+                winner = labels[y0:y1, x0:x1]
+                if last and not started[ty][tx] and classes.numel() == 1:
+                    winner.fill_(start + int(classes[0]))  # it beats every other class everywhere
+                    continue
+                tile_rows = rows.local(y0, y1, row_window)
+                tile_cols = cols.local(x0, x1, col_window)
+                current = best[y0:y1, x0:x1] if best is not None and started[ty][tx] else None
+                for block in classes.split(class_block):
+                    values = _resample(
+                        chunk[:, row_window, col_window].index_select(0, block),
+                        tile_rows, tile_cols, arithmetic,
+                    )  # (k, y1 - y0, x1 - x0)
+                    value, index = values.max(dim=0)  # the first maximum: the first class wins ties
+                    index = block[index] + start
+                    if current is None:
+                        current = value
+                        winner.copy_(index)
+                    else:
+                        better = value > current  # strict: an earlier class keeps a tie
+                        winner.copy_(torch.where(better, index, winner))
+                        current = torch.where(better, value, current)
+                if best is not None and current is not None:
+                    best[y0:y1, x0:x1] = current
+                started[ty][tx] = True
     return labels
+
+
+def _possible_winners(window_max: torch.Tensor, floor: float, scale: float) -> torch.Tensor:
+    """Ascending indices of a chunk's classes that can win somewhere in a tile.
+
+    Every bilinear value in the tile is a convex combination of the tile's input window, so class
+    c's values are at most its window maximum and class j's at least its window minimum: c loses
+    everywhere to the class with the highest minimum (``floor``, over every class so far) if its
+    maximum is below that minimum; ``scale`` (the largest window magnitude) sizes the margin.
+    """
+    return torch.nonzero(window_max >= floor - _SKIP_MARGIN * scale).squeeze(1)
 
 
 # -- the maps -------------------------------------------------------------------------------
 
 
-class _ClassMaps:
-    """Class chunks ``(k, h', w')`` seen as one ``(K, h', w')`` stack, without concatenating."""
+class _Chunks:
+    """The class chunks ``(k, h', w')``, checked as they come, iterated once in order as
+    ``(first class index, chunk, is the last chunk)`` with one chunk of lookahead."""
 
     def __init__(self, probabilities: torch.Tensor | Iterable[torch.Tensor]) -> None:
-        chunks = [probabilities] if isinstance(probabilities, torch.Tensor) else list(probabilities)
-        if not chunks or sum(int(c.shape[0]) for c in chunks if c.dim() == 3) == 0:
+        self._source = iter([probabilities] if isinstance(probabilities, torch.Tensor) else probabilities)
+        self._pending: list[torch.Tensor] = []
+        self._kind: tuple[torch.Size, torch.dtype, torch.device] | None = None  # of the first
+        first = self._pull()
+        if first is None:
             raise ValueError("no class maps to take the arg-max of (K = 0)")
-        first = chunks[0]
-        for chunk in chunks:
-            if chunk.dim() != 3 or chunk.shape[1:] != first.shape[1:]:
-                raise ValueError(
-                    "class maps must be (k, h, w) chunks of one size; got "
-                    f"{[tuple(c.shape) for c in chunks]}"
-                )
-            if chunk.dtype != first.dtype or chunk.device != first.device:
-                raise ValueError("class map chunks must share one dtype and device")
         if first.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"class maps must be float32 or float64, got {first.dtype}")
-        self.chunks = chunks
-        self.num_classes = sum(int(c.shape[0]) for c in chunks)
         self.height, self.width = int(first.shape[1]), int(first.shape[2])
         self.dtype, self.device = first.dtype, first.device
-        starts = [0]
-        for chunk in chunks:
-            starts.append(starts[-1] + int(chunk.shape[0]))
-        self.starts = starts
+        self.single = self._pull() is None
 
-    def stacked(self) -> torch.Tensor:
-        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+    def _pull(self) -> torch.Tensor | None:
+        """Read the next non-empty chunk into the lookahead; None at the end."""
+        for chunk in self._source:
+            if chunk.dim() != 3:
+                raise ValueError(f"class maps must be (k, h, w) chunks; got {tuple(chunk.shape)}")
+            if self._kind is None:
+                self._kind = (chunk.shape[1:], chunk.dtype, chunk.device)
+            elif chunk.shape[1:] != self._kind[0]:
+                raise ValueError(
+                    "class map chunks must be of one size: "
+                    f"{tuple(self._kind[0])} and {tuple(chunk.shape[1:])}"
+                )
+            elif (chunk.dtype, chunk.device) != self._kind[1:]:
+                raise ValueError("class map chunks must share one dtype and device")
+            if chunk.shape[0]:
+                self._pending.append(chunk)
+                return chunk
+        return None
 
-    def extremes_over_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-class maximum and minimum over input rows ``rows``: two ``(K, w')`` tables.
+    def at_least(self, count: int) -> bool:
+        """Whether there are at least ``count`` classes (reading ahead as far as needed)."""
+        while sum(int(c.shape[0]) for c in self._pending) < count:
+            if self._pull() is None:
+                return False
+        return True
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, bool]]:
+        start = 0
+        while self._pending:
+            chunk = self._pending.pop(0)
+            if not self._pending:
+                self._pull()
+            yield start, chunk, not self._pending
+            start += int(chunk.shape[0])
+
+    def extremes_over_rows(self, chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class maximum and minimum of ``chunk`` over input rows ``rows``: ``(k, w')`` each.
 
         Raises:
             NonFiniteProbabilitiesError: one of these rows holds NaN or an infinite value.
         """
-        highs = [chunk[:, rows].amax(dim=1) for chunk in self.chunks]
-        lows = [chunk[:, rows].amin(dim=1) for chunk in self.chunks]
-        high = highs[0] if len(highs) == 1 else torch.cat(highs)
-        low = lows[0] if len(lows) == 1 else torch.cat(lows)
+        high, low = chunk[:, rows].amax(dim=1), chunk[:, rows].amin(dim=1)
         # amax/amin propagate NaN, and an infinity is its own extreme: two numbers tell.
         if not (math.isfinite(float(high.max())) and math.isfinite(float(low.min()))):
-            raise self.non_finite_error()
+            raise self.non_finite_error(chunk)
         return high, low
 
-    def window(self, classes: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
-        """``(k, rows, cols)`` window of the classes ``classes`` (ascending indices)."""
-        if len(self.chunks) == 1:
-            return self.chunks[0][:, rows, cols].index_select(0, classes)
-        parts = []
-        for chunk, start, stop in zip(self.chunks, self.starts, self.starts[1:], strict=False):
-            inside = classes[(classes >= start) & (classes < stop)]
-            if inside.numel():
-                parts.append(chunk[:, rows, cols].index_select(0, inside - start))
-        return torch.cat(parts)
+    @staticmethod
+    def is_finite(chunk: torch.Tensor) -> bool:
+        low, high = torch.aminmax(chunk)
+        return math.isfinite(float(low)) and math.isfinite(float(high))
 
-    def non_finite_error(self) -> NonFiniteProbabilitiesError:
+    def non_finite_error(self, *chunks: torch.Tensor) -> NonFiniteProbabilitiesError:
+        """The error for ``chunks`` (from the first with a non-finite value read) and the rest."""
         bad = torch.zeros(self.height, self.width, dtype=torch.bool, device=self.device)
-        for chunk in self.chunks:
-            for part in chunk.split(64):  # bounded temporaries even here
-                bad |= ~torch.isfinite(part).all(dim=0)
+        for part in [*chunks, *self._pending, *self._source]:
+            for piece in part.split(64):  # bounded temporaries even here
+                bad |= ~torch.isfinite(piece).all(dim=0)
         count = int(bad.sum())
         return NonFiniteProbabilitiesError(
             f"the model produced NaN/inf probabilities for {count:,} of "
             f"{self.height * self.width:,} pixels (at its output resolution "
             f"{self.height}x{self.width}); the weights may be corrupt"
         )
-
-
-def _possible_winners(window_max: torch.Tensor, window_min: torch.Tensor) -> torch.Tensor:
-    """Ascending indices of the classes that can win somewhere in a tile, from ``(K,)`` extremes.
-
-    Every bilinear value in the tile is a convex combination of the tile's input window, so class
-    c's values are at most ``window_max[c]`` and class j's at least ``window_min[j]``: c loses
-    everywhere to the class with the highest minimum if its maximum is below that minimum.
-    """
-    threshold = window_min.max()
-    scale = torch.maximum(window_max.abs().max(), window_min.abs().max())
-    return torch.nonzero(window_max >= threshold - _SKIP_MARGIN * scale).squeeze(1)
 
 
 # -- PyTorch's bilinear arithmetic ------------------------------------------------------------
@@ -323,44 +369,44 @@ def _resample(window: torch.Tensor, rows: _Axis, cols: _Axis, arithmetic: _Arith
     return _weighted_sum(top, rows.w_low[:, None], bottom, rows.w_high[:, None], arithmetic.sum)
 
 
-def _generic_kernel(maps: _ClassMaps, height: int, width: int) -> bool:
+def _generic_kernel(chunks: _Chunks, height: int, width: int) -> bool:
     """Whether ``F.interpolate`` takes PyTorch's generic bilinear kernel for this call, the one
     :func:`_resample` reproduces. On CPU it switches to a channels-last kernel, whose rounding
     depends on the number of channels, for small outputs (height + width <= 128) and for three
     channels on one thread (ATen's ``upsample_bilinear2d_kernel_impl``)."""
-    if maps.device.type != "cpu":
+    if chunks.device.type != "cpu":
         return True
     if height + width <= 128:
         return False
-    return not (torch.get_num_threads() == 1 and maps.num_classes == 3)
+    return not (torch.get_num_threads() == 1 and chunks.at_least(3) and not chunks.at_least(4))
 
 
-def _whole(maps: _ClassMaps, height: int, width: int, keep: torch.Tensor | None) -> torch.Tensor:
+def _whole(chunks: _Chunks, height: int, width: int, keep: torch.Tensor | None) -> torch.Tensor:
     """The cases :func:`_generic_kernel` leaves out, all small (at most 4,096 pixels, or three
     classes): one ``F.interpolate`` of every class, as the definition says."""
-    for chunk in maps.chunks:
-        low, high = torch.aminmax(chunk)
-        if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-            raise maps.non_finite_error()
-    stacked = maps.stacked()
+    parts = [chunk for _, chunk, _ in chunks]
+    if not all(chunks.is_finite(part) for part in parts):
+        raise chunks.non_finite_error(*parts)
+    stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
     up = F.interpolate(stacked[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     if keep is not None:
+        _check_keep(keep, up.shape[0])
         keep.copy_(up)
-    return up.argmax(dim=0)
+    return up.max(dim=0).indices  # the first maximum (and 6x faster than argmax over dim 0 here)
 
 
-def _every_class(
-    maps: _ClassMaps, height: int, width: int, keep: torch.Tensor
-) -> torch.Tensor:
+def _every_class(chunks: _Chunks, height: int, width: int, keep: torch.Tensor) -> torch.Tensor:
     """Every class upsampled everywhere, into ``keep``: one ``F.interpolate`` per class (its
     generic kernel rounds each value independently of the other channels, so this equals the
     upsample of all classes at once), with the arg-max kept up to date on the way."""
-    labels = torch.zeros(height, width, dtype=torch.int64, device=maps.device)
+    labels = torch.zeros(height, width, dtype=torch.int64, device=chunks.device)
     best: torch.Tensor | None = None
-    for chunk, start in zip(maps.chunks, maps.starts, strict=False):
-        low, high = torch.aminmax(chunk)
-        if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-            raise maps.non_finite_error()
+    count = 0
+    for start, chunk, _ in chunks:
+        if not chunks.is_finite(chunk):
+            raise chunks.non_finite_error(chunk)
+        count = start + int(chunk.shape[0])
+        _check_keep(keep, count, at_least=True)
         for offset, plane in enumerate(chunk):
             up = F.interpolate(plane[None, None], size=(height, width), mode="bilinear",
                                align_corners=False)[0, 0]  # (H, W)
@@ -371,7 +417,18 @@ def _every_class(
             better = up > best  # strict: an earlier class keeps a tie
             labels.masked_fill_(better, start + offset)
             torch.maximum(best, up, out=best)
+    _check_keep(keep, count)
     return labels
+
+
+def _check_keep(keep: torch.Tensor, num_classes: int, *, at_least: bool = False) -> None:
+    """``keep`` holds one plane per class: ``num_classes`` (or, while counting, at least that)."""
+    if keep.shape[0] < num_classes or (not at_least and keep.shape[0] != num_classes):
+        more = " at least" if at_least else ""
+        raise ValueError(
+            f"keep must have one (H, W) plane per class: the maps have{more} {num_classes} "
+            f"classes, keep has shape {tuple(keep.shape)}"
+        )
 
 
 def _spans(n: int, step: int) -> list[tuple[int, int]]:

@@ -2,6 +2,7 @@
 bounded memory at any K, classes that cannot win skipped, NaN/inf refused."""
 
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -122,6 +123,25 @@ def test_tiles_with_one_possible_winner_are_not_interpolated(monkeypatch):
     assert 0 < len(calls) <= border_tiles < tiles
 
 
+def test_a_stream_of_chunks_is_read_one_chunk_at_a_time():
+    # Evaluation recombines sliding windows chunk by chunk: the chunks must not pile up.
+    maps = make_maps("smooth", 40, 24, 24, seed=6)
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = 0
+
+    def chunks():
+        nonlocal most
+        for part in maps.split(4):
+            chunk = part.clone()  # a fresh tensor per chunk
+            alive.add(chunk)
+            most = max(most, len(alive))
+            yield chunk
+
+    size = (300, 400)
+    assert torch.equal(upsampled_argmax(chunks(), size, tile=64), full_upsample(maps, size)[1])
+    assert most <= 3  # the one just used, the one in use, the one read ahead
+
+
 class LargestTensor(TorchDispatchMode):
     """The bytes of the largest tensor any operation creates (views and in-place results, which
     share their inputs' storage, excluded)."""
@@ -184,9 +204,13 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="K = 0"):
         upsampled_argmax([], (10, 10))
     with pytest.raises(ValueError, match="one size"):
-        upsampled_argmax([torch.rand(2, 5, 5), torch.rand(2, 5, 6)], (10, 10))
-    with pytest.raises(ValueError, match="keep must have shape"):
-        upsampled_argmax(torch.rand(2, 5, 5), (10, 10), keep=torch.empty(3, 10, 10))
+        upsampled_argmax([torch.rand(2, 5, 5), torch.rand(2, 5, 6)], (100, 100))
+    with pytest.raises(ValueError, match="the maps have 2 classes, keep has shape"):
+        upsampled_argmax(torch.rand(2, 5, 5), (100, 100), keep=torch.empty(3, 100, 100))
+    with pytest.raises(ValueError, match="the maps have at least 4 classes"):
+        upsampled_argmax(torch.rand(4, 5, 5).split(2), (100, 100), keep=torch.empty(3, 100, 100))
+    with pytest.raises(ValueError, match=r"keep must have shape \(K, 100, 100\)"):
+        upsampled_argmax(torch.rand(2, 5, 5), (100, 100), keep=torch.empty(2, 100, 99))
     with pytest.raises(TypeError, match="float32 or float64"):
         upsampled_argmax(torch.rand(2, 5, 5).half(), (10, 10))
 
