@@ -16,9 +16,10 @@ Images become RGB float tensors ``(3, H, W)`` in [0, 1]:
 
 Images larger than ``max_pixels`` (default 64 megapixels) are refused from the file header,
 before anything is decoded: the model looks at the image at ≤ 640 px a side whatever its size,
-but the label map comes back at the image's own size, and decoding, converting and labelling
-cost about 25 bytes per pixel (1.6 GB at the default limit). Raise ``max_pixels`` (the
-``lmseg predict`` option ``--max-pixels``) for larger images, or downscale them first.
+but the label map comes back at the image's own size, and a prediction peaks at about 24 bytes
+per pixel (36 with three classes on one thread): 1.5 to 2.3 GB at the default limit (measured
+with ``lmseg_tiny``). Raise ``max_pixels`` (the ``lmseg predict`` option ``--max-pixels``) for
+larger images, or downscale them first.
 """
 
 from __future__ import annotations
