@@ -1,7 +1,6 @@
 """Label maps (lmseg.label_maps.upsampled_argmax): equal to the full bilinear upsample + arg-max,
 bounded memory at any K, classes that cannot win skipped, NaN/inf refused."""
 
-import warnings
 import weakref
 
 import numpy as np
@@ -191,8 +190,8 @@ def test_nan_and_inf_probabilities_are_refused(bad, size, keep):
         upsampled_argmax(maps.split(4), size, keep=buffer)
 
 
+@pytest.mark.filterwarnings("ignore::lmseg.prompts.MissingBankWarning")
 def test_a_model_producing_nan_gets_an_error_not_labels():
-    warnings.simplefilter("ignore")  # the no-bank notice
     model = lmseg.create_model("lmseg_tiny")
     model.register_forward_hook(lambda module, inputs, logits: logits * float("nan"))
     image = np.random.default_rng(0).integers(0, 256, (50, 170, 3), dtype=np.uint8)
