@@ -11,16 +11,16 @@ Text embeddings are computed once per vocabulary (in memory, and on disk through
 
 Probabilities are independent per-class sigmoids, as CAT-Seg trains them (binary cross-entropy
 per class): they do not sum to 1 over the classes, and the label of a pixel is the class of
-highest probability. Upsampling to the image size and the arg-max run in class chunks, so memory
-beyond the model's own output does not grow with the vocabulary unless probabilities are
-requested. :meth:`Segmenter.label_maps` is the one batched path that :meth:`Segmenter.predict`
+highest probability. Upsampling to the image size and the arg-max run tile by tile (:mod:`lmseg.label_maps`), so
+memory beyond the model's own output does not grow with the vocabulary or the image size unless
+probabilities are requested. :meth:`Segmenter.label_maps` is the one batched path that :meth:`Segmenter.predict`
 and benchmark evaluation (:mod:`lmseg.eval`) both use.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from lmseg.io import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_classes
+from lmseg.label_maps import upsampled_argmax
 from lmseg.model import LMSeg
 from lmseg.prompts import embed_prompts, prompts_for
 from lmseg.runtime import Precision, RuntimeOptions, resolve_device
@@ -100,42 +101,6 @@ class SlidingWindow:
         return folded.add_(whole).div_(2)
 
 
-def upsampled_argmax(
-    probabilities: Iterable[torch.Tensor],
-    size: tuple[int, int],
-    *,
-    keep: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Arg-max over classes of per-class maps upsampled to ``size``, one class chunk at a time.
-
-    Only one chunk is ever upsampled at once, so memory does not grow with K (unless ``keep``
-    asks for every upsampled map).
-
-    Args:
-        probabilities: consecutive class chunks ``(k, h', w')`` covering classes 0..K-1 in order.
-        size: (H, W) of the output.
-        keep: optional ``(K, H, W)`` buffer filled with the upsampled maps.
-
-    Returns:
-        ``(H, W)`` int64 class indices (the first class wins ties).
-    """
-    labels = torch.zeros(size, dtype=torch.int64)
-    best = torch.full(size, -1.0)
-    start = 0
-    for part in probabilities:
-        up = F.interpolate(part[None], size=size, mode="bilinear", align_corners=False)[0]
-        if start == 0:
-            labels, best = labels.to(up.device), best.to(up.device)
-        value, index = up.max(dim=0)
-        better = value > best
-        best = torch.where(better, value, best)
-        labels = torch.where(better, index + start, labels)
-        if keep is not None:
-            keep[start : start + part.shape[0]] = up
-        start += part.shape[0]
-    return labels
-
-
 def _same_size_groups(images: Sequence[torch.Tensor]) -> Iterator[list[int]]:
     """Runs of consecutive images of one shape (whole-image inference batches them)."""
     group: list[int] = []
@@ -167,7 +132,8 @@ class Segmenter:
         device: shorthand for ``runtime.device``; the model is moved there (``"cuda"``, ``"cpu"``,
             ``"auto"``); a device this machine lacks is one clear error.
         cache_dir: on-disk text-embedding cache (``$LMSEG_CACHE/text`` by default).
-        upsample_chunk: classes upsampled to the image size at once.
+        upsample_chunk: classes per chunk of probabilities handed to the label-map step (the
+            sliding-window recombination runs chunk by chunk).
         max_pixels: refuse larger images.
 
     Example:
@@ -316,7 +282,7 @@ class Segmenter:
             image_size = (int(images[i].shape[-2]), int(images[i].shape[-1]))
             chunks = self._probability_chunks(per_image, image_size, sliding)
             buffer = keep[i] if keep is not None else None
-            out.append(upsampled_argmax(chunks, tuple(sizes[i]), keep=buffer))  # type: ignore[arg-type]
+            out.append(upsampled_argmax(chunks, (int(sizes[i][0]), int(sizes[i][1])), keep=buffer))
         return out
 
     def predict(

@@ -157,10 +157,6 @@ def test_overlong_class_name_is_named(segmenter, rgb):
         segmenter.predict(rgb, ["cat", name])
 
 
-def test_trailing_space_names_are_kept_distinct():
-    assert validate_classes(["bed", "bed "]) == ["bed", "bed "]
-
-
 def test_sliding_windows_must_tile_the_image():
     from lmseg.segmenter import SlidingWindow
 
