@@ -7,29 +7,21 @@ schedule. Data come from an endless stream of seeded per-epoch permutations; eac
 augmentation draws from a generator seeded by (seed, epoch, position), so data do not depend on
 worker count or restarts.
 
-A run folder holds ``config.yaml`` (the resolved config), ``log.jsonl`` (one JSON object per
-log period), ``checkpoints/iter_XXXXXXX/`` (``model.safetensors`` via
-:func:`lmseg.checkpoint.save_model`, and ``state.pt``: optimizer, scheduler, grad scaler, RNG
-states of every process, data position, as plain containers of tensors and numbers loaded with
-``weights_only=True``), ``checkpoints/last`` (name of the newest complete checkpoint) and
-``model_final.safetensors``. A checkpoint folder is written under a temporary name and renamed,
-so a killed run never leaves a half-written checkpoint.
+The run folder, checkpoints and resuming live in :mod:`lmseg.train.checkpointing`, the JSON
+log and TensorBoard in :mod:`lmseg.train.run_log`; their public names are importable from here
+too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -37,13 +29,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from lmseg.checkpoint import load_weights, save_model
-from lmseg.io import atomic_write
+from lmseg.checkpoint import load_weights
 from lmseg.model import LMSeg
 from lmseg.prompts import prompts_for
 from lmseg.prompts.compose import PromptSlot
 from lmseg.prompts.embedding import encode_prompts
 from lmseg.runtime import RuntimeOptions
+from lmseg.train.checkpointing import (
+    STATE_FORMAT,
+    RunFolder,
+    capture_rng_state,
+    read_training_state,
+    restore_rng_state,
+    restore_training_state,
+    seed_everything,
+    training_state,
+)
 from lmseg.train.config import TrainConfig, diff_configs, load_config, save_config
 from lmseg.train.data_stream import (
     Augmentation,
@@ -60,14 +61,17 @@ from lmseg.train.distributed import (
     all_gather_objects,
     barrier,
     get_dist_info,
-    mean_over_processes,
 )
 from lmseg.train.loss import segmentation_bce_loss, segmentation_ce_loss
 from lmseg.train.optim import QVMask, build_optimizer, build_scheduler, configure_trainable
+from lmseg.train.run_log import RunLog, period_record, require_tensorboard
 
 __all__ = [
+    "STATE_FORMAT",
     "AugmentedDataset",
     "DataPosition",
+    "RunFolder",
+    "RunLog",
     "SampleStream",
     "TensorSegmentationDataset",
     "Trainer",
@@ -82,7 +86,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-STATE_FORMAT = 1
 
 
 # -- prompts ----------------------------------------------------------------------------------
@@ -147,52 +150,6 @@ class TrainingStep(nn.Module):
         return self.model(images, text, self.runtime)
 
 
-# -- RNG state --------------------------------------------------------------------------------
-def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states as tensors and numbers."""
-    version, state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    return {
-        "python": {
-            "version": version,
-            "state": torch.tensor(state, dtype=torch.int64),
-            "gauss": gauss,
-        },
-        "numpy": {
-            "kind": str(kind),
-            "state": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if (
-        state["cuda"]
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # -- model ------------------------------------------------------------------------------------
 def build_train_model(config: TrainConfig) -> LMSeg:
     """The model of ``config.model``, with its initial weights."""
@@ -244,6 +201,7 @@ class Trainer:
         self.dist = dist or get_dist_info(config.train.device)
         self.device = self.dist.device
         self.output_dir = Path(config.train.output_dir)
+        self.run = RunFolder(self.output_dir)
         run, solver = config.train, config.solver
 
         per_step = self.dist.world_size * solver.grad_accum
@@ -256,7 +214,7 @@ class Trainer:
 
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = run.cudnn_benchmark
-        _seed_everything(run.seed)  # identical initialisation in every process
+        seed_everything(run.seed)  # identical initialisation in every process
         if model is None:
             model = build_train_model(config)
         self.model = model.to(self.device)
@@ -316,15 +274,10 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.skipped = SkippedSamples()
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None
-        self._writer: Any = None
         if run.tensorboard and self.dist.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            except ImportError as error:
-                raise ImportError(
-                    "train.tensorboard needs the tensorboard package: pip install 'lmseg[tensorboard]'"
-                ) from error
-        _seed_everything(run.seed + self.dist.rank)
+            require_tensorboard()
+        self.log = RunLog(self.run.log, tensorboard=self.run.tensorboard if run.tensorboard else None)
+        seed_everything(run.seed + self.dist.rank)
 
     # -- set-up helpers -----------------------------------------------------------------------
     def _vocabulary(self, class_names: Sequence[str] | None) -> list[str]:
@@ -509,19 +462,14 @@ class Trainer:
                 self.evaluate()
         bar.close()
         if self.iteration == total and self.dist.is_main:
-            save_model(
-                self.model,
-                self.output_dir / "model_final.safetensors",
-                extra={"iteration": str(self.iteration)},
-            )
+            self.run.write_final_model(self.model, self.iteration)
         barrier()
-        if self._writer is not None:
-            self._writer.flush()
+        self.log.flush()
         return self.history
 
     def _prepare_output_dir(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "config.yaml"
+        path = self.run.config
         if path.is_file() and self.iteration > 0:
             try:
                 changed = diff_configs(load_config(path), self.config)
@@ -538,46 +486,19 @@ class Trainer:
     def _log(self, window: list[dict[str, float]]) -> None:
         if not window:
             return
-        # on the training device: NCCL reduces CUDA tensors only
-        loss = mean_over_processes(
-            torch.tensor([w["loss"] for w in window], device=self.device).mean()
+        record = period_record(
+            window,
+            iteration=self.iteration,
+            iterations=self.config.solver.iterations,
+            epoch=self.position.epoch,
+            device=self.device,
+            world_size=self.dist.world_size,
         )
-        last = window[-1]
-        skipped = float(sum(w["skipped"] for w in window))
-        seconds = float(np.mean([w["time"] for w in window]))
-        record: dict[str, Any] = {
-            "iteration": self.iteration,
-            "loss": float(loss),
-            "grad_norm": last["grad_norm"],
-            "lr": last["lr"],
-            "lr_vision_language": last["lr_vision_language"],
-            "time": round(seconds, 4),
-            "data_time": round(float(np.mean([w["data_time"] for w in window])), 4),
-            "eta_seconds": round(seconds * (self.config.solver.iterations - self.iteration)),
-            "epoch": self.position.epoch,
-            # bad samples passed over in this period, all processes together
-            "skipped_samples": round(
-                float(mean_over_processes(torch.tensor(skipped, device=self.device)))
-                * self.dist.world_size
-            ),
-        }
-        if self.device.type == "cuda":
-            record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
         self._write_log(record)
 
     def _write_log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.config.train.tensorboard:
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
-            for key, value in _flatten(record).items():
-                if key != "iteration" and isinstance(value, (int, float)):
-                    self._writer.add_scalar(key, value, self.iteration)
+        if self.dist.is_main:
+            self.log.write(record)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -607,7 +528,7 @@ class Trainer:
                 )
                 results[name] = {k: result.metrics[k] for k in ("mIoU", "fwIoU", "mAcc", "pAcc")}
                 if self.dist.is_main:
-                    write_result(result, self.output_dir / "eval" / f"iter_{self.iteration:07d}")
+                    write_result(result, self.run.evaluation(self.iteration))
         self._write_log({"iteration": self.iteration, "eval": results})
         self._train_mode()
         return results
@@ -615,67 +536,32 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.output_dir / "checkpoints"
-
-    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "iteration": self.iteration,
-            "optimizer": self.optimizer.state_dict(),
-            # The schedule's shape comes from the config on resume (a run may be extended).
-            "scheduler": {
-                **self.scheduler.state_dict(),
-                "lr_lambdas": [None] * len(self.scheduler.lr_lambdas),
-            },
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "rng": rng,
-            "data": {
-                "epoch": self.position.epoch,
-                "index": self.position.index,
-                "dataset_size": self.dataset_size,
-            },
-            "world_size": self.dist.world_size,
-            "batch_size": self.config.solver.batch_size,
-        }
+        return self.run.checkpoints
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/iter_XXXXXXX`` atomically (every process takes part)."""
         rng = all_gather_objects(capture_rng_state())
-        final = self.checkpoint_dir / f"iter_{self.iteration:07d}"
+        final = self.run.checkpoint(self.iteration)
         if self.dist.is_main:
-            tmp = self.checkpoint_dir / f".{final.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_model(
-                self.model, tmp / "model.safetensors", extra={"iteration": str(self.iteration)}
+            state = training_state(
+                iteration=self.iteration,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                rng=rng,
+                position=self.position,
+                dataset_size=self.dataset_size,
+                world_size=self.dist.world_size,
+                batch_size=self.config.solver.batch_size,
             )
-            torch.save(self._state(rng), tmp / "state.pt")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write(
-                self.checkpoint_dir / "last",
-                lambda p: Path(p).write_text(final.name + "\n", encoding="utf-8"),
-            )
-            self._prune_checkpoints()
+            self.run.write_checkpoint(self.model, state, self.iteration)
+            self.run.prune(self.config.train.keep_checkpoints)
         barrier()
         return final
 
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.train.keep_checkpoints
-        if keep <= 0:
-            return
-        folders = sorted(p for p in self.checkpoint_dir.glob("iter_*") if p.is_dir())
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder of the run, or None."""
-        pointer = self.checkpoint_dir / "last"
-        if not pointer.is_file():
-            return None
-        folder = self.checkpoint_dir / pointer.read_text(encoding="utf-8").strip()
-        return folder if (folder / "state.pt").is_file() else None
+        return self.run.last_checkpoint()
 
     def resume(self, checkpoint: str | os.PathLike[str] | None = None) -> bool:
         """Continue from a checkpoint folder (default: the run's last); False if none.
@@ -687,24 +573,12 @@ class Trainer:
         folder = Path(checkpoint) if checkpoint is not None else self.last_checkpoint()
         if folder is None:
             return False
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"{folder}/state.pt has format {state.get('format')}, expected {STATE_FORMAT}"
-            )
+        state = read_training_state(folder)
         load_weights(self.model, folder / "model.safetensors")
         self.qv_mask.refresh()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        for group, base, fn in zip(
-            self.optimizer.param_groups,
-            self.scheduler.base_lrs,
-            self.scheduler.lr_lambdas,
-            strict=True,
-        ):
-            group["lr"] = base * fn(self.scheduler.last_epoch)
-        if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        restore_training_state(
+            state, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+        )
         self.iteration = int(state["iteration"])
         data = state["data"]
         if int(data["dataset_size"]) != self.dataset_size:
@@ -718,19 +592,9 @@ class Trainer:
                 self.dist.world_size,
                 state["world_size"],
             )
-            _seed_everything(self.config.train.seed + self.dist.rank + self.iteration)
+            seed_everything(self.config.train.seed + self.dist.rank + self.iteration)
         self._batches = None
         return True
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def run_training(config: TrainConfig, *, resume: bool = False) -> Trainer:
