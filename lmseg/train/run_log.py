@@ -6,6 +6,10 @@ Each training line holds ``iteration``, ``loss`` (averaged over the period and o
 ``time`` and ``data_time`` (seconds per iteration), ``eta_seconds``, ``epoch``,
 ``skipped_samples`` (all processes together) and ``max_mem_mb`` on CUDA. Evaluation lines hold
 ``iteration`` and ``eval: {dataset: {mIoU, fwIoU, mAcc, pAcc}}``.
+
+A resumed run first drops the lines the killed run wrote after the checkpoint it resumes from
+(:meth:`RunLog.drop_after`), so every iteration is logged once; TensorBoard is told the same
+with ``purge_step``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmseg.io import atomic_write
 from lmseg.train.distributed import mean_over_processes
 
 __all__ = ["RunLog", "period_record", "require_tensorboard"]
@@ -94,6 +99,23 @@ class RunLog:
         self.path = Path(path)
         self.tensorboard = None if tensorboard is None else Path(tensorboard)
         self._writer: Any = None
+        self._purge_step: int | None = None
+
+    def drop_after(self, iteration: int) -> int:
+        """Keep only the lines up to ``iteration``: the lines a killed run wrote after the
+        checkpoint a resume starts from, and a line cut short by the kill, are dropped (the file
+        is rewritten atomically). TensorBoard events after ``iteration`` are purged when its
+        writer opens. Returns the number of lines dropped."""
+        self._purge_step = iteration + 1
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _logged_by_then(line, iteration)]
+        if kept == lines and (not lines or lines[-1].endswith("\n")):
+            return 0
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in kept)
+        atomic_write(self.path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        return len(lines) - len(kept)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` (it holds ``iteration``)."""
@@ -103,7 +125,7 @@ class RunLog:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(str(self.tensorboard))
+                self._writer = SummaryWriter(str(self.tensorboard), purge_step=self._purge_step)
             step = record["iteration"]
             for key, value in flatten(record).items():
                 if key != "iteration" and isinstance(value, (int, float)):
@@ -112,6 +134,16 @@ class RunLog:
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+
+
+def _logged_by_then(line: str, iteration: int) -> bool:
+    """Whether ``line`` is a whole record of an iteration up to ``iteration``."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # cut short by a kill
+        return False
+    value = record.get("iteration") if isinstance(record, dict) else None
+    return isinstance(value, int) and not isinstance(value, bool) and value <= iteration
 
 
 def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,9 +14,11 @@ too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,9 +39,11 @@ from lmseg.prompts.embedding import encode_prompts
 from lmseg.runtime import RuntimeOptions
 from lmseg.train.checkpointing import (
     STATE_FORMAT,
+    ResumeWarning,
     RunFolder,
+    RunFolderError,
     capture_rng_state,
-    read_training_state,
+    read_checkpoint,
     restore_rng_state,
     restore_training_state,
     seed_everything,
@@ -70,7 +74,9 @@ __all__ = [
     "STATE_FORMAT",
     "AugmentedDataset",
     "DataPosition",
+    "ResumeWarning",
     "RunFolder",
+    "RunFolderError",
     "RunLog",
     "SampleStream",
     "TensorSegmentationDataset",
@@ -183,7 +189,7 @@ class Trainer:
 
     Example:
         >>> trainer = Trainer(load_config("catseg_vitb16_coco"))
-        >>> trainer.resume()   # continue from output_dir/checkpoints/last, if any
+        >>> trainer.resume()   # continue from the newest complete checkpoint, if any
         >>> trainer.train()
     """
 
@@ -201,7 +207,7 @@ class Trainer:
         self.dist = dist or get_dist_info(config.train.device)
         self.device = self.dist.device
         self.output_dir = Path(config.train.output_dir)
-        self.run = RunFolder(self.output_dir)
+        self.run_folder = RunFolder(self.output_dir)
         run, solver = config.train, config.solver
 
         per_step = self.dist.world_size * solver.grad_accum
@@ -274,9 +280,15 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.skipped = SkippedSamples()
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None
+        self.resumed_from: Path | None = None
+        self._resume_asked = False  # resume() found nothing: a fresh start, said so if refused
+        self._started = False  # train() has prepared the run folder
         if run.tensorboard and self.dist.is_main:
             require_tensorboard()
-        self.log = RunLog(self.run.log, tensorboard=self.run.tensorboard if run.tensorboard else None)
+        self.run_log = RunLog(
+            self.run_folder.log,
+            tensorboard=self.run_folder.tensorboard if run.tensorboard else None,
+        )
         seed_everything(run.seed + self.dist.rank)
 
     # -- set-up helpers -----------------------------------------------------------------------
@@ -426,19 +438,36 @@ class Trainer:
 
         Writes logs, periodic checkpoints, and at the end a final checkpoint and
         ``model_final.safetensors``; stopping at ``until`` writes nothing more than a run killed
-        there would. Returns the per-iteration history of this process
-        (``iteration``, ``loss`` (this process's), ``grad_norm``, ``lr``).
+        there would. A run resumed at or past ``solver.iterations`` trains nothing and writes
+        the final model of the checkpoint's weights. Returns the per-iteration history of this
+        process (``iteration``, ``loss`` (this process's), ``grad_norm``, ``lr``).
+
+        Raises:
+            RunFolderError: a fresh start (nothing resumed) in a folder that holds an earlier
+                run's checkpoints or final model, without ``train.overwrite``.
         """
         from tqdm import tqdm
 
         run, total = self.config.train, self.config.solver.iterations
         stop = total if until is None else min(until, total)
+        fresh = not self._started and self.resumed_from is None
+        if fresh:  # every process, before the main one writes anything
+            self.run_folder.check_fresh_start(overwrite=run.overwrite, resume_asked=self._resume_asked)
         if self.dist.is_main:
-            self._prepare_output_dir()
+            self._prepare_output_dir(fresh)
+        self._started = True
         barrier()
+        if self.iteration > total and self.dist.is_main:
+            warnings.warn(
+                f"resumed at iteration {self.iteration}, past solver.iterations={total}: nothing "
+                f"to train; {self.run_folder.final_model} holds the weights of iteration "
+                f"{self.iteration}",
+                ResumeWarning,
+                stacklevel=2,
+            )
         bar = tqdm(
             total=total,
-            initial=self.iteration,
+            initial=min(self.iteration, total),
             desc="train",
             disable=not (self.dist.is_main and run.progress),
             dynamic_ncols=True,
@@ -461,27 +490,43 @@ class Trainer:
             ):
                 self.evaluate()
         bar.close()
-        if self.iteration == total and self.dist.is_main:
-            self.run.write_final_model(self.model, self.iteration)
+        if self.iteration >= total and self.dist.is_main:
+            self.run_folder.write_final_model(self.model, self.iteration)
         barrier()
-        self.log.flush()
+        self.run_log.flush()
         return self.history
 
-    def _prepare_output_dir(self) -> None:
+    def _prepare_output_dir(self, fresh: bool) -> None:
+        """Main process: replace an earlier run if asked, remove leftovers of interrupted
+        writes, drop log lines after the resumed iteration, save the config."""
+        if fresh and self.config.train.overwrite:
+            removed = self.run_folder.clear()
+            if removed:
+                logger.warning(
+                    "train.overwrite: removed the earlier run's %s",
+                    ", ".join(str(p.relative_to(self.output_dir)) for p in removed),
+                )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run.config
+        for path in self.run_folder.remove_temporary():
+            logger.info("removed %s, left by an interrupted write", path)
+        dropped = self.run_log.drop_after(self.iteration)
+        if dropped:
+            logger.info("dropped %d log lines after iteration %d", dropped, self.iteration)
+        # A rerun of the saved config never replaces a run by itself.
+        config = dataclasses.replace(
+            self.config, train=dataclasses.replace(self.config.train, overwrite=False)
+        )
+        path = self.run_folder.config
         if path.is_file() and self.iteration > 0:
             try:
-                changed = diff_configs(load_config(path), self.config)
+                changed = diff_configs(load_config(path), config)
             except Exception:  # an unreadable old copy is replaced
                 changed = ["<unreadable>"]
             if changed:
                 logger.warning("config differs from the run's config.yaml in %s", changed)
-                save_config(
-                    self.config, self.output_dir / f"config_resume_{self.iteration:07d}.yaml"
-                )
+                save_config(config, self.output_dir / f"config_resume_{self.iteration:07d}.yaml")
             return
-        save_config(self.config, path)
+        save_config(config, path)
 
     def _log(self, window: list[dict[str, float]]) -> None:
         if not window:
@@ -498,7 +543,7 @@ class Trainer:
 
     def _write_log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            self.log.write(record)
+            self.run_log.write(record)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -528,7 +573,7 @@ class Trainer:
                 )
                 results[name] = {k: result.metrics[k] for k in ("mIoU", "fwIoU", "mAcc", "pAcc")}
                 if self.dist.is_main:
-                    write_result(result, self.run.evaluation(self.iteration))
+                    write_result(result, self.run_folder.evaluation(self.iteration))
         self._write_log({"iteration": self.iteration, "eval": results})
         self._train_mode()
         return results
@@ -536,12 +581,12 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run.checkpoints
+        return self.run_folder.checkpoints
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/iter_XXXXXXX`` atomically (every process takes part)."""
         rng = all_gather_objects(capture_rng_state())
-        final = self.run.checkpoint(self.iteration)
+        final = self.run_folder.checkpoint(self.iteration)
         if self.dist.is_main:
             state = training_state(
                 iteration=self.iteration,
@@ -554,26 +599,40 @@ class Trainer:
                 world_size=self.dist.world_size,
                 batch_size=self.config.solver.batch_size,
             )
-            self.run.write_checkpoint(self.model, state, self.iteration)
-            self.run.prune(self.config.train.keep_checkpoints)
+            self.run_folder.write_checkpoint(self.model, state, self.iteration)
+            self.run_folder.prune(self.config.train.keep_checkpoints, upto=self.iteration)
         barrier()
         return final
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder of the run, or None."""
-        return self.run.last_checkpoint()
+        try:
+            found = self.run_folder.newest_checkpoint(report=False)
+        except RunFolderError:
+            return None
+        return None if found is None else found[0]
 
     def resume(self, checkpoint: str | os.PathLike[str] | None = None) -> bool:
-        """Continue from a checkpoint folder (default: the run's last); False if none.
+        """Continue from a checkpoint folder (default: the run's newest complete one); False if
+        the run has none.
 
         Restores weights, optimizer, scheduler, grad scaler, this process's RNG states (when
         the world size is unchanged) and the data position, so the continued run computes the
         same losses as an uninterrupted one.
+
+        Raises:
+            RunFolderError: the run has checkpoint folders but none is complete.
+            lmseg.checkpoint.CheckpointError: ``checkpoint`` is incomplete or does not fit.
         """
-        folder = Path(checkpoint) if checkpoint is not None else self.last_checkpoint()
-        if folder is None:
-            return False
-        state = read_training_state(folder)
+        if checkpoint is not None:
+            folder = Path(checkpoint)
+            state = read_checkpoint(folder)
+        else:
+            found = self.run_folder.newest_checkpoint(report=self.dist.is_main)
+            if found is None:
+                self._resume_asked = True
+                return False
+            folder, state = found
         load_weights(self.model, folder / "model.safetensors")
         self.qv_mask.refresh()
         restore_training_state(
@@ -594,27 +653,31 @@ class Trainer:
             )
             seed_everything(self.config.train.seed + self.dist.rank + self.iteration)
         self._batches = None
+        self.resumed_from = folder
         return True
 
 
 def run_training(config: TrainConfig, *, resume: bool = False) -> Trainer:
     """Set up the process group (torchrun) and train ``config``; returns the trainer.
 
+    Args:
+        config: the run.
+        resume: continue from the run folder's newest complete checkpoint; without one, start
+            afresh (refused over an earlier run's final model unless ``train.overwrite``).
+
     Raises:
-        ValueError: the output folder already holds a checkpoint and ``resume`` is False.
+        RunFolderError: the output folder holds an earlier run and neither ``resume`` nor
+            ``train.overwrite`` is set; or ``resume`` finds checkpoint folders but none complete.
     """
     from lmseg.train.distributed import cleanup_distributed, init_distributed
 
+    if not resume:  # before anything is built
+        RunFolder(config.train.output_dir).check_fresh_start(overwrite=config.train.overwrite)
     info = init_distributed(config.train.device)
     try:
         trainer = Trainer(config, dist=info)
-        if trainer.last_checkpoint() is not None and not resume:
-            raise ValueError(
-                f"{trainer.output_dir} already holds checkpoints: pass --resume to continue the "
-                "run, or choose another train.output_dir"
-            )
         if resume and trainer.resume() and info.is_main:
-            logger.info("resumed from iteration %d", trainer.iteration)
+            logger.info("resumed from iteration %d (%s)", trainer.iteration, trainer.resumed_from)
         trainer.train()
         return trainer
     finally:
