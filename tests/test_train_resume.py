@@ -113,6 +113,25 @@ def test_resume_takes_the_newest_complete_checkpoint(tmp_path, how):
     assert_weights_equal(resumed.model, run / "checkpoints/iter_0000002/model.safetensors")
 
 
+def test_a_resumed_run_replaces_later_incomplete_folders_and_prunes_only_older_ones(tmp_path):
+    run = tmp_path / "run"
+    trainer(run).train(until=4)  # keeps every checkpoint
+    for name in ("iter_0000003", "iter_0000004"):
+        damage(run / "checkpoints" / name, "state_missing")
+    resumed = trainer(run, "train.keep_checkpoints=1", seed=999)
+    with pytest.warns(UserWarning, match="iter_0000004.*iter_0000003.*resuming from .*iter_0000002"):
+        assert resumed.resume() and resumed.iteration == 2
+    resumed.train(until=3)
+    # the new iteration 3 replaced the incomplete folder and is the one kept; iteration 4 waits
+    # to be replaced when training gets there
+    assert checkpoint_names(run) == ["iter_0000003", "iter_0000004"]
+    state = torch.load(run / "checkpoints/iter_0000003/state.pt", weights_only=True)
+    assert state["iteration"] == 3
+    assert_weights_equal(resumed.model, run / "checkpoints/iter_0000003/model.safetensors")
+    assert (run / "checkpoints/last").read_text().strip() == "iter_0000003"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
 def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path):
     run = tmp_path / "run"
     trainer(run).train(until=2)

@@ -304,8 +304,10 @@ class RunFolder:
         Raises:
             RunFolderError: naming the folder, what it holds, and the options.
         """
+        if overwrite:
+            return
         found = self.earlier_outputs()
-        if overwrite or not found:
+        if not found:
             return
         held = ", ".join(found)
         if resume_asked:
@@ -370,7 +372,10 @@ class RunFolder:
         folders = self.checkpoint_folders()
         if not folders:
             return None
-        named = self.pointer.read_text(encoding="utf-8").strip() if self.pointer.is_file() else None
+        named = None
+        if self.pointer.is_file():
+            lines = self.pointer.read_text(encoding="utf-8", errors="replace").splitlines()
+            named = lines[0].strip() if lines else ""
         dangling = named is not None and named not in {p.name for _, p in folders}
         problems = []
         for _, folder in reversed(folders):
@@ -400,7 +405,6 @@ class RunFolder:
         )
 
     # -- writing --------------------------------------------------------------------------------
-
     def write_checkpoint(self, model: nn.Module, state: dict[str, Any], iteration: int) -> Path:
         """Write the checkpoint of ``iteration`` under a temporary name, rename it into place,
         then point ``last`` at it; returns its folder."""
@@ -411,8 +415,10 @@ class RunFolder:
         save_model(model, tmp / "model.safetensors", extra={"iteration": str(iteration)})
         torch.save(state, tmp / "state.pt")
         if final.exists():
-            # Training over an iteration again (a resume from an older checkpoint): the old
-            # folder moves aside first, so a complete one always stands under a name.
+            # Training over an iteration again (resumed from an older checkpoint, or replacing
+            # an incomplete folder): a rename cannot replace a folder, so the old one moves
+            # aside first. A kill in between leaves both under temporary names, removed at the
+            # next start; the run then resumes from the checkpoint before.
             old = self.checkpoints / f".{final.name}.old.tmp"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
