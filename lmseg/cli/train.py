@@ -39,7 +39,15 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the run folder's last checkpoint (starts fresh if there is none)",
+        help="continue from the run folder's newest complete checkpoint (starts fresh if the "
+        "folder holds no earlier run)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if the run folder holds an earlier run, removing its "
+        "checkpoints, final model and log (same as train.overwrite=true); with --resume, only "
+        "when there is no checkpoint to continue from",
     )
     t.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -99,6 +107,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.device:
         overrides.append(f"train.device={args.device}")
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
     if args.print_config:
         print(config_to_yaml(config), end="")

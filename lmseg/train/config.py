@@ -161,6 +161,9 @@ class RunConfig:
 
     Attributes:
         output_dir: run folder (config copy, ``log.jsonl``, ``checkpoints/``, final model).
+        overwrite: a fresh run may replace an earlier run's outputs in ``output_dir`` (its
+            checkpoints, final model, log); otherwise such a folder is refused. Not kept in the
+            run's saved ``config.yaml``, so rerunning that file never replaces a run by itself.
         precision: ``fp32`` (CAT-Seg: detectron2 without ``SOLVER.AMP``), or ``bf16``/``fp16``
             autocast (fp16 with a GradScaler).
         seed: seeds model initialisation, the data order and augmentation.
@@ -178,6 +181,7 @@ class RunConfig:
     """
 
     output_dir: str = "output/run"
+    overwrite: bool = False
     precision: str = "fp32"
     seed: int = 0
     device: str | None = None

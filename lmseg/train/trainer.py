@@ -7,29 +7,23 @@ schedule. Data come from an endless stream of seeded per-epoch permutations; eac
 augmentation draws from a generator seeded by (seed, epoch, position), so data do not depend on
 worker count or restarts.
 
-A run folder holds ``config.yaml`` (the resolved config), ``log.jsonl`` (one JSON object per
-log period), ``checkpoints/iter_XXXXXXX/`` (``model.safetensors`` via
-:func:`lmseg.checkpoint.save_model`, and ``state.pt``: optimizer, scheduler, grad scaler, RNG
-states of every process, data position, as plain containers of tensors and numbers loaded with
-``weights_only=True``), ``checkpoints/last`` (name of the newest complete checkpoint) and
-``model_final.safetensors``. A checkpoint folder is written under a temporary name and renamed,
-so a killed run never leaves a half-written checkpoint.
+The run folder, checkpoints and resuming live in :mod:`lmseg.train.checkpointing`, the JSON
+log and TensorBoard in :mod:`lmseg.train.run_log`; their public names are importable from here
+too.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
-import random
-import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -37,13 +31,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from lmseg.checkpoint import load_weights, save_model
-from lmseg.io import atomic_write
+from lmseg.checkpoint import load_weights
 from lmseg.model import LMSeg
 from lmseg.prompts import prompts_for
 from lmseg.prompts.compose import PromptSlot
 from lmseg.prompts.embedding import encode_prompts
 from lmseg.runtime import RuntimeOptions
+from lmseg.train.checkpointing import (
+    STATE_FORMAT,
+    ResumeWarning,
+    RunFolder,
+    RunFolderError,
+    capture_rng_state,
+    read_checkpoint,
+    restore_rng_state,
+    restore_training_state,
+    seed_everything,
+    training_state,
+)
 from lmseg.train.config import TrainConfig, diff_configs, load_config, save_config
 from lmseg.train.data_stream import (
     Augmentation,
@@ -60,14 +65,19 @@ from lmseg.train.distributed import (
     all_gather_objects,
     barrier,
     get_dist_info,
-    mean_over_processes,
 )
 from lmseg.train.loss import segmentation_bce_loss, segmentation_ce_loss
 from lmseg.train.optim import QVMask, build_optimizer, build_scheduler, configure_trainable
+from lmseg.train.run_log import RunLog, period_record, require_tensorboard
 
 __all__ = [
+    "STATE_FORMAT",
     "AugmentedDataset",
     "DataPosition",
+    "ResumeWarning",
+    "RunFolder",
+    "RunFolderError",
+    "RunLog",
     "SampleStream",
     "TensorSegmentationDataset",
     "Trainer",
@@ -82,7 +92,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-STATE_FORMAT = 1
 
 
 # -- prompts ----------------------------------------------------------------------------------
@@ -147,52 +156,6 @@ class TrainingStep(nn.Module):
         return self.model(images, text, self.runtime)
 
 
-# -- RNG state --------------------------------------------------------------------------------
-def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states as tensors and numbers."""
-    version, state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    return {
-        "python": {
-            "version": version,
-            "state": torch.tensor(state, dtype=torch.int64),
-            "gauss": gauss,
-        },
-        "numpy": {
-            "kind": str(kind),
-            "state": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if (
-        state["cuda"]
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # -- model ------------------------------------------------------------------------------------
 def build_train_model(config: TrainConfig) -> LMSeg:
     """The model of ``config.model``, with its initial weights."""
@@ -226,7 +189,7 @@ class Trainer:
 
     Example:
         >>> trainer = Trainer(load_config("catseg_vitb16_coco"))
-        >>> trainer.resume()   # continue from output_dir/checkpoints/last, if any
+        >>> trainer.resume()   # continue from the newest complete checkpoint, if any
         >>> trainer.train()
     """
 
@@ -244,6 +207,7 @@ class Trainer:
         self.dist = dist or get_dist_info(config.train.device)
         self.device = self.dist.device
         self.output_dir = Path(config.train.output_dir)
+        self.run_folder = RunFolder(self.output_dir)
         run, solver = config.train, config.solver
 
         per_step = self.dist.world_size * solver.grad_accum
@@ -256,7 +220,7 @@ class Trainer:
 
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = run.cudnn_benchmark
-        _seed_everything(run.seed)  # identical initialisation in every process
+        seed_everything(run.seed)  # identical initialisation in every process
         if model is None:
             model = build_train_model(config)
         self.model = model.to(self.device)
@@ -316,15 +280,16 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.skipped = SkippedSamples()
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None
-        self._writer: Any = None
+        self.resumed_from: Path | None = None
+        self._resume_asked = False  # resume() found nothing: a fresh start, said so if refused
+        self._started = False  # train() has prepared the run folder
         if run.tensorboard and self.dist.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            except ImportError as error:
-                raise ImportError(
-                    "train.tensorboard needs the tensorboard package: pip install 'lmseg[tensorboard]'"
-                ) from error
-        _seed_everything(run.seed + self.dist.rank)
+            require_tensorboard()
+        self.run_log = RunLog(
+            self.run_folder.log,
+            tensorboard=self.run_folder.tensorboard if run.tensorboard else None,
+        )
+        seed_everything(run.seed + self.dist.rank)
 
     # -- set-up helpers -----------------------------------------------------------------------
     def _vocabulary(self, class_names: Sequence[str] | None) -> list[str]:
@@ -473,19 +438,36 @@ class Trainer:
 
         Writes logs, periodic checkpoints, and at the end a final checkpoint and
         ``model_final.safetensors``; stopping at ``until`` writes nothing more than a run killed
-        there would. Returns the per-iteration history of this process
-        (``iteration``, ``loss`` (this process's), ``grad_norm``, ``lr``).
+        there would. A run resumed at or past ``solver.iterations`` trains nothing and writes
+        the final model of the checkpoint's weights. Returns the per-iteration history of this
+        process (``iteration``, ``loss`` (this process's), ``grad_norm``, ``lr``).
+
+        Raises:
+            RunFolderError: a fresh start (nothing resumed) in a folder that holds an earlier
+                run's checkpoints or final model, without ``train.overwrite``.
         """
         from tqdm import tqdm
 
         run, total = self.config.train, self.config.solver.iterations
         stop = total if until is None else min(until, total)
+        fresh = not self._started and self.resumed_from is None
+        if fresh:  # every process, before the main one writes anything
+            self.run_folder.check_fresh_start(overwrite=run.overwrite, resume_asked=self._resume_asked)
         if self.dist.is_main:
-            self._prepare_output_dir()
+            self._prepare_output_dir(fresh)
+        self._started = True
         barrier()
+        if self.iteration > total and self.dist.is_main:
+            warnings.warn(
+                f"resumed at iteration {self.iteration}, past solver.iterations={total}: nothing "
+                f"to train; {self.run_folder.final_model} holds the weights of iteration "
+                f"{self.iteration}",
+                ResumeWarning,
+                stacklevel=2,
+            )
         bar = tqdm(
             total=total,
-            initial=self.iteration,
+            initial=min(self.iteration, total),
             desc="train",
             disable=not (self.dist.is_main and run.progress),
             dynamic_ncols=True,
@@ -508,76 +490,60 @@ class Trainer:
             ):
                 self.evaluate()
         bar.close()
-        if self.iteration == total and self.dist.is_main:
-            save_model(
-                self.model,
-                self.output_dir / "model_final.safetensors",
-                extra={"iteration": str(self.iteration)},
-            )
+        if self.iteration >= total and self.dist.is_main:
+            self.run_folder.write_final_model(self.model, self.iteration)
         barrier()
-        if self._writer is not None:
-            self._writer.flush()
+        self.run_log.flush()
         return self.history
 
-    def _prepare_output_dir(self) -> None:
+    def _prepare_output_dir(self, fresh: bool) -> None:
+        """Main process: replace an earlier run if asked, remove leftovers of interrupted
+        writes, drop log lines after the resumed iteration, save the config."""
+        if fresh and self.config.train.overwrite:
+            removed = self.run_folder.clear()
+            if removed:
+                logger.warning(
+                    "train.overwrite: removed the earlier run's %s",
+                    ", ".join(str(p.relative_to(self.output_dir)) for p in removed),
+                )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "config.yaml"
+        for path in self.run_folder.remove_temporary():
+            logger.info("removed %s, left by an interrupted write", path)
+        dropped = self.run_log.drop_after(self.iteration)
+        if dropped:
+            logger.info("dropped %d log lines after iteration %d", dropped, self.iteration)
+        # A rerun of the saved config never replaces a run by itself.
+        config = dataclasses.replace(
+            self.config, train=dataclasses.replace(self.config.train, overwrite=False)
+        )
+        path = self.run_folder.config
         if path.is_file() and self.iteration > 0:
             try:
-                changed = diff_configs(load_config(path), self.config)
+                changed = diff_configs(load_config(path), config)
             except Exception:  # an unreadable old copy is replaced
                 changed = ["<unreadable>"]
             if changed:
                 logger.warning("config differs from the run's config.yaml in %s", changed)
-                save_config(
-                    self.config, self.output_dir / f"config_resume_{self.iteration:07d}.yaml"
-                )
+                save_config(config, self.output_dir / f"config_resume_{self.iteration:07d}.yaml")
             return
-        save_config(self.config, path)
+        save_config(config, path)
 
     def _log(self, window: list[dict[str, float]]) -> None:
         if not window:
             return
-        # on the training device: NCCL reduces CUDA tensors only
-        loss = mean_over_processes(
-            torch.tensor([w["loss"] for w in window], device=self.device).mean()
+        record = period_record(
+            window,
+            iteration=self.iteration,
+            iterations=self.config.solver.iterations,
+            epoch=self.position.epoch,
+            device=self.device,
+            world_size=self.dist.world_size,
         )
-        last = window[-1]
-        skipped = float(sum(w["skipped"] for w in window))
-        seconds = float(np.mean([w["time"] for w in window]))
-        record: dict[str, Any] = {
-            "iteration": self.iteration,
-            "loss": float(loss),
-            "grad_norm": last["grad_norm"],
-            "lr": last["lr"],
-            "lr_vision_language": last["lr_vision_language"],
-            "time": round(seconds, 4),
-            "data_time": round(float(np.mean([w["data_time"] for w in window])), 4),
-            "eta_seconds": round(seconds * (self.config.solver.iterations - self.iteration)),
-            "epoch": self.position.epoch,
-            # bad samples passed over in this period, all processes together
-            "skipped_samples": round(
-                float(mean_over_processes(torch.tensor(skipped, device=self.device)))
-                * self.dist.world_size
-            ),
-        }
-        if self.device.type == "cuda":
-            record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
         self._write_log(record)
 
     def _write_log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.config.train.tensorboard:
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
-            for key, value in _flatten(record).items():
-                if key != "iteration" and isinstance(value, (int, float)):
-                    self._writer.add_scalar(key, value, self.iteration)
+        if self.dist.is_main:
+            self.run_log.write(record)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -607,7 +573,7 @@ class Trainer:
                 )
                 results[name] = {k: result.metrics[k] for k in ("mIoU", "fwIoU", "mAcc", "pAcc")}
                 if self.dist.is_main:
-                    write_result(result, self.output_dir / "eval" / f"iter_{self.iteration:07d}")
+                    write_result(result, self.run_folder.evaluation(self.iteration))
         self._write_log({"iteration": self.iteration, "eval": results})
         self._train_mode()
         return results
@@ -615,96 +581,63 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.output_dir / "checkpoints"
-
-    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "iteration": self.iteration,
-            "optimizer": self.optimizer.state_dict(),
-            # The schedule's shape comes from the config on resume (a run may be extended).
-            "scheduler": {
-                **self.scheduler.state_dict(),
-                "lr_lambdas": [None] * len(self.scheduler.lr_lambdas),
-            },
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "rng": rng,
-            "data": {
-                "epoch": self.position.epoch,
-                "index": self.position.index,
-                "dataset_size": self.dataset_size,
-            },
-            "world_size": self.dist.world_size,
-            "batch_size": self.config.solver.batch_size,
-        }
+        return self.run_folder.checkpoints
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/iter_XXXXXXX`` atomically (every process takes part)."""
         rng = all_gather_objects(capture_rng_state())
-        final = self.checkpoint_dir / f"iter_{self.iteration:07d}"
+        final = self.run_folder.checkpoint(self.iteration)
         if self.dist.is_main:
-            tmp = self.checkpoint_dir / f".{final.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_model(
-                self.model, tmp / "model.safetensors", extra={"iteration": str(self.iteration)}
+            state = training_state(
+                iteration=self.iteration,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                rng=rng,
+                position=self.position,
+                dataset_size=self.dataset_size,
+                world_size=self.dist.world_size,
+                batch_size=self.config.solver.batch_size,
             )
-            torch.save(self._state(rng), tmp / "state.pt")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write(
-                self.checkpoint_dir / "last",
-                lambda p: Path(p).write_text(final.name + "\n", encoding="utf-8"),
-            )
-            self._prune_checkpoints()
+            self.run_folder.write_checkpoint(self.model, state, self.iteration)
+            self.run_folder.prune(self.config.train.keep_checkpoints, upto=self.iteration)
         barrier()
         return final
 
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.train.keep_checkpoints
-        if keep <= 0:
-            return
-        folders = sorted(p for p in self.checkpoint_dir.glob("iter_*") if p.is_dir())
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder of the run, or None."""
-        pointer = self.checkpoint_dir / "last"
-        if not pointer.is_file():
+        try:
+            found = self.run_folder.newest_checkpoint(report=False)
+        except RunFolderError:
             return None
-        folder = self.checkpoint_dir / pointer.read_text(encoding="utf-8").strip()
-        return folder if (folder / "state.pt").is_file() else None
+        return None if found is None else found[0]
 
     def resume(self, checkpoint: str | os.PathLike[str] | None = None) -> bool:
-        """Continue from a checkpoint folder (default: the run's last); False if none.
+        """Continue from a checkpoint folder (default: the run's newest complete one); False if
+        the run has none.
 
         Restores weights, optimizer, scheduler, grad scaler, this process's RNG states (when
         the world size is unchanged) and the data position, so the continued run computes the
         same losses as an uninterrupted one.
+
+        Raises:
+            RunFolderError: the run has checkpoint folders but none is complete.
+            lmseg.checkpoint.CheckpointError: ``checkpoint`` is incomplete or does not fit.
         """
-        folder = Path(checkpoint) if checkpoint is not None else self.last_checkpoint()
-        if folder is None:
-            return False
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"{folder}/state.pt has format {state.get('format')}, expected {STATE_FORMAT}"
-            )
+        if checkpoint is not None:
+            folder = Path(checkpoint)
+            state = read_checkpoint(folder)
+        else:
+            found = self.run_folder.newest_checkpoint(report=self.dist.is_main)
+            if found is None:
+                self._resume_asked = True
+                return False
+            folder, state = found
         load_weights(self.model, folder / "model.safetensors")
         self.qv_mask.refresh()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        for group, base, fn in zip(
-            self.optimizer.param_groups,
-            self.scheduler.base_lrs,
-            self.scheduler.lr_lambdas,
-            strict=True,
-        ):
-            group["lr"] = base * fn(self.scheduler.last_epoch)
-        if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        restore_training_state(
+            state, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+        )
         self.iteration = int(state["iteration"])
         data = state["data"]
         if int(data["dataset_size"]) != self.dataset_size:
@@ -718,39 +651,33 @@ class Trainer:
                 self.dist.world_size,
                 state["world_size"],
             )
-            _seed_everything(self.config.train.seed + self.dist.rank + self.iteration)
+            seed_everything(self.config.train.seed + self.dist.rank + self.iteration)
         self._batches = None
+        self.resumed_from = folder
         return True
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def run_training(config: TrainConfig, *, resume: bool = False) -> Trainer:
     """Set up the process group (torchrun) and train ``config``; returns the trainer.
 
+    Args:
+        config: the run.
+        resume: continue from the run folder's newest complete checkpoint; without one, start
+            afresh (refused over an earlier run's final model unless ``train.overwrite``).
+
     Raises:
-        ValueError: the output folder already holds a checkpoint and ``resume`` is False.
+        RunFolderError: the output folder holds an earlier run and neither ``resume`` nor
+            ``train.overwrite`` is set; or ``resume`` finds checkpoint folders but none complete.
     """
     from lmseg.train.distributed import cleanup_distributed, init_distributed
 
+    if not resume:  # before anything is built
+        RunFolder(config.train.output_dir).check_fresh_start(overwrite=config.train.overwrite)
     info = init_distributed(config.train.device)
     try:
         trainer = Trainer(config, dist=info)
-        if trainer.last_checkpoint() is not None and not resume:
-            raise ValueError(
-                f"{trainer.output_dir} already holds checkpoints: pass --resume to continue the "
-                "run, or choose another train.output_dir"
-            )
         if resume and trainer.resume() and info.is_main:
-            logger.info("resumed from iteration %d", trainer.iteration)
+            logger.info("resumed from iteration %d (%s)", trainer.iteration, trainer.resumed_from)
         trainer.train()
         return trainer
     finally:
