@@ -165,6 +165,11 @@ def find_images(
             )
         path = Path(text).expanduser()
         if path.is_dir():
+            if skip is not None and Path(os.path.realpath(path)) == skip:
+                raise ValueError(
+                    f"the output folder is the input folder {text}: its outputs would be read as "
+                    f"images by the next run; write them to a sub-folder (such as {path / 'seg'})"
+                )
             images = list(_walk(path, suffixes, skip))
             if not images:
                 raise ValueError(
