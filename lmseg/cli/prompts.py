@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from lmseg.cli.common import error_message
 from lmseg.prompts.bank import BankError, load_bank, shipped_banks, validate_bank
 from lmseg.prompts.compose import MODES, compose_prompts
 from lmseg.prompts.templates import clip_tokenizer
@@ -94,7 +95,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         bank = load_bank(args.bank)
     except (BankError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.write(bank.to_json())
