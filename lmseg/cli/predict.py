@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmseg.cli.common import (
     add_device_argument,
@@ -16,6 +16,9 @@ from lmseg.cli.common import (
     model_from_args,
     runtime_from_args,
 )
+
+if TYPE_CHECKING:
+    from lmseg.batch import InputImage
 
 __all__ = ["register"]
 
@@ -177,7 +180,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _segment(
     args: argparse.Namespace,
-    images: list[Any],
+    images: list[InputImage],
     classes: list[str],
     outputs: tuple[str, ...],
     out: Path,
