@@ -23,9 +23,9 @@ def test_predict_writes_overlays_for_several_images(tmp_path, capsys):
                "--out", str(out), "--save-labels"])
     assert rc == 0
     for i in range(2):
-        overlay = Image.open(out / f"img{i}_overlay.png")
+        overlay = Image.open(out / f"img{i}.png_overlay.png")
         assert overlay.height >= 40 and overlay.width > 60  # image + legend
-        assert np.load(out / f"img{i}_labels.npy").shape == (40, 60)
+        assert np.asarray(Image.open(out / f"img{i}.png_labels.png")).shape == (40, 60)
 
 
 def test_predict_with_a_vocabulary_and_sliding_window(tmp_path):
@@ -33,7 +33,7 @@ def test_predict_with_a_vocabulary_and_sliding_window(tmp_path):
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(path)
     rc = main(["predict", str(path), "--vocabulary", "voc20", "--model", "catseg_tiny",
                "--sliding-window", "--exact", "--out", str(tmp_path), "--quiet"])
-    assert rc == 0 and (tmp_path / "img_overlay.png").is_file()
+    assert rc == 0 and (tmp_path / "img.png_overlay.png").is_file()
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):

@@ -141,4 +141,4 @@ def test_a_pushed_file_loads_by_hub_id_in_the_cli(mirror, tmp_path):
     Image.new("RGB", (32, 24)).save(image)
     assert main(["predict", str(image), "--classes", "a,b", "--checkpoint", "hf-hub:me/cat",
                  "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert (tmp_path / "out" / "img_overlay.png").is_file()
+    assert (tmp_path / "out" / "img.png_overlay.png").is_file()

@@ -77,7 +77,7 @@ def test_predict_downloads_verifies_converts_caches_then_runs_with_the_server_go
         argv = ["predict", str(image), "--classes", "cat,dog,sky", "--model", "catseg_tiny",
                 "--out", str(out), "--save-labels", "--quiet"]
         assert main(argv) == 0
-        assert np.array_equal(np.load(out / "photo_labels.npy"), expected)
+        assert np.array_equal(np.asarray(Image.open(out / "photo.png_labels.png")), expected)
         mirror.stop()
     assert len(mirror.requests_for(mirror.hub_path(SPACE, "model_tiny.pth", repo_type="space"), "GET")) == 1
 
@@ -92,7 +92,7 @@ def test_predict_takes_a_released_catseg_pth_as_checkpoint(image, tmp_path, caps
     from lmseg.segmenter import Segmenter
 
     expected = Segmenter(reference).predict(str(image), ["a", "b"])
-    assert np.array_equal(np.load(tmp_path / "photo_labels.npy"), expected)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png_labels.png")), expected)
     # Without --model the variant is detected from the CLIP width: the released ViT-B or ViT-L.
     assert main([*argv, "--checkpoint", str(pth)]) == 1
     assert "unsupported CLIP width 32 (expected 768 or 1024)" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 __all__ = [
+    "add_device_argument",
     "add_model_arguments",
     "add_runtime_arguments",
     "model_from_args",
@@ -19,9 +20,32 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed sub-command; user errors print one line and exit with 1, not a traceback."""
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return 1
+
+
+def error_message(error: BaseException) -> str:
+    """The message of a user-facing error as a person should read it.
+
+    ``str(KeyError("unknown vocabulary 'x'"))`` is the repr of its argument, quotes included:
+    a KeyError with one string argument gives that string. An OSError without a message of its
+    own (``PermissionError(13, 'Permission denied')``) names its file.
+    """
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        return error.args[0]
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error) or type(error).__name__
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model runs (checked by :func:`lmseg.runtime.resolve_device`)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N, mps or auto (default: auto, the first GPU if there is one)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from lmseg.cli.common import error_message
 from lmseg.prompts.bank import (
     BankError,
     PromptBank,
@@ -121,7 +122,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         bank = load_bank(args.bank)
     except (BankError, KeyError, OSError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.write(bank.to_json())

@@ -89,7 +89,9 @@ def register(subparsers: Any) -> None:
         default=640,
         help="resize images to this short side first (CAT-Seg: 640; 0 keeps the size)",
     )
-    e.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    e.add_argument(
+        "--device", help="cpu, cuda, cuda:N or auto (default: auto, the first GPU if there is one)"
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bar and no class tables")
     e.set_defaults(func=_eval)
 
@@ -128,9 +130,12 @@ def _eval(args: argparse.Namespace) -> int:
         evaluate_sweep,
         format_summary,
     )
+    from lmseg.runtime import resolve_device
     from lmseg.train.distributed import cleanup_distributed, init_distributed
 
-    info = init_distributed(args.device)
+    if args.device not in (None, "auto"):
+        resolve_device(args.device)  # one clear line for a device this machine lacks
+    info = init_distributed(None if args.device == "auto" else args.device)
     try:
         model = model_from_args(args).to(info.device)
         options = EvalOptions(
