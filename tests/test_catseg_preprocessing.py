@@ -57,3 +57,25 @@ def test_catseg_preprocessing_pads_with_the_colour_that_normalises_to_zero():
     mean = torch.tensor(encoder.pixel_mean).view(1, 3, 1, 1)
     normalised = encoder.preprocess(mean.expand(1, 3, 8, 8).clone(), size=(8, 8))
     torch.testing.assert_close(normalised, torch.zeros_like(normalised), atol=1e-6, rtol=0)
+
+
+def test_the_command_line_takes_catseg_preprocessing(tmp_path):
+    from PIL import Image
+
+    from lmseg.cli import main
+
+    pixels = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    classes = ["sky", "grass", "road"]
+    argv = ["predict", str(tmp_path / "x.png"), "--classes", ",".join(classes), "--model", "catseg_tiny",
+            "--exact", "--outputs", "labels", "--quiet"]
+    assert main([*argv, "--preprocessing", "catseg", "--out", str(tmp_path / "catseg")]) == 0
+    model = lmseg.create_model("catseg_tiny")
+    expected = lmseg.Segmenter(model, runtime=RuntimeOptions(preprocessing="catseg", top_k=None)).predict(
+        tmp_path / "x.png", classes
+    )
+    written = np.asarray(Image.open(tmp_path / "catseg" / "x.png_labels.png"))
+    np.testing.assert_array_equal(written, expected.labels)
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0  # the default differs here
+    plain = np.asarray(Image.open(tmp_path / "plain" / "x.png_labels.png"))
+    assert (plain != written).mean() > 0.1

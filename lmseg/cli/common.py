@@ -102,12 +102,20 @@ def model_from_args(args: argparse.Namespace) -> Any:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision``, ``--exact`` and ``--top-k``: how the model runs (never saved with it)."""
+    """``--precision``, ``--exact``, ``--top-k`` and ``--preprocessing``: how the model runs
+    (never saved with it)."""
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     filtering = parser.add_mutually_exclusive_group()
     filtering.add_argument("--exact", action="store_true", help="no class filtering (all K classes)")
     filtering.add_argument(
         "--top-k", type=int, metavar="N", help="keep the N classes of highest initial similarity"
+    )
+    parser.add_argument(
+        "--preprocessing",
+        default="lmseg",
+        choices=["lmseg", "catseg"],
+        help="catseg: CAT-Seg's whole-image preprocessing (zero-pad the normalised image to a "
+        "multiple of 32 before resizing), to reproduce its outputs exactly",
     )
 
 
@@ -120,4 +128,6 @@ def runtime_from_args(args: argparse.Namespace) -> Any:
         top_k = None
     elif args.top_k is not None:
         top_k = args.top_k
-    return RuntimeOptions(precision=args.precision, top_k=top_k)
+    return RuntimeOptions(
+        precision=args.precision, top_k=top_k, preprocessing=getattr(args, "preprocessing", "lmseg")
+    )

@@ -140,6 +140,7 @@ def _run_settings(args: argparse.Namespace, classes: list[str]) -> dict[str, Any
         "test_size": args.test_size or None,
         "precision": args.precision,
         "top_k": None if args.exact else (args.top_k if args.top_k is not None else "auto"),
+        "preprocessing": args.preprocessing,
     }
 
 
