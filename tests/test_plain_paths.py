@@ -23,10 +23,17 @@ def _randomise(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
-def plain_class_aggregation(block: ClassAggregation, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+def plain_class_aggregation(
+    block: ClassAggregation, x: torch.Tensor, guidance: torch.Tensor, pool: int = 1
+) -> torch.Tensor:
     b, k, h, w, c = x.shape
-    tokens = rearrange(x, "b k h w c -> (b h w) k c")
-    g = repeat(guidance, "b k c -> (b h w) k c", h=h, w=w)
+    pooled = x
+    if pool > 1:  # CAT-Seg's AvgPool2d before the attention (training only)
+        pooled = rearrange(x, "b k h w c -> (b k) c h w")
+        pooled = rearrange(F.avg_pool2d(pooled, pool), "(b k) c h w -> b k h w c", b=b)
+    hp, wp = pooled.shape[2:4]
+    tokens = rearrange(pooled, "b k h w c -> (b h w) k c")
+    g = repeat(guidance, "b k c -> (b h w) k c", h=hp, w=wp)
     missing = block.pad_len - k
     if missing > 0:
         tokens = torch.cat([tokens, block.padding_tokens.expand(len(tokens), missing, c)], 1)
@@ -43,15 +50,22 @@ def plain_class_aggregation(block: ClassAggregation, x: torch.Tensor, guidance: 
     out = torch.einsum("nlhd,nhde,nlh->nlhe", q, kv, z) * length
     t = tokens + rearrange(out, "n s h d -> n s (h d)")
     t = t + block.mlp(block.norm2(t))
-    return x + rearrange(t[:, :k], "(b h w) k c -> b k h w c", b=b, h=h, w=w)
+    y = rearrange(t[:, :k], "(b h w) k c -> (b k) c h w", b=b, h=hp, w=wp)
+    if pool > 1:  # back to the full grid, corners aligned, as CAT-Seg
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=True)
+    return x + rearrange(y, "(b k) c h w -> b k h w c", b=b)
 
 
 def plain_spatial_aggregation(spatial: SpatialAggregation, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
     b, k, h, w, c = x.shape
     t = rearrange(x, "b k h w c -> (b k) h w c")
     g = repeat(spatial.guidance_norm(guidance), "b h w c -> (b k) h w c", k=k)
-    for block in spatial.blocks:
-        window, shift = block.geometry(h, w)
+    # CAT-Seg's geometry, not the blocks' own: the first block unshifted, the second shifted by
+    # half a window, and neither shifted when one window covers the map.
+    window = min(spatial.blocks[0].window_size, h, w)
+    for block, shift in zip(spatial.blocks, (0, window // 2), strict=True):
+        if window == min(h, w):
+            shift = 0
         y = block.norm1(t)
         yg = torch.cat([y, g], -1)
         if shift:
@@ -91,6 +105,20 @@ def plain_decoder(decoder: UpsamplingDecoder, x: torch.Tensor, taps: list[torch.
         y = F.relu(stage.conv.norm1(y))
         y = F.relu(stage.conv.norm2(stage.conv.conv2(y)))
     return rearrange(decoder.head(y), "(b k) 1 h w -> b k h w", b=b)
+
+
+def test_training_pooled_class_aggregation_matches_plain_formulation():
+    # CAT-Seg pools the cost map 2x2 before the class attention in training, then upsamples the
+    # attended map bilinearly with aligned corners before the residual.
+    block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=7, train_pool_size=2))
+    x, g = torch.randn(2, 3, 6, 8, 16), torch.randn(2, 3, 8)
+    block.train()
+    with torch.no_grad():
+        expected = plain_class_aggregation(block, x, g, pool=2)
+    torch.testing.assert_close(block(x, g), expected, rtol=1e-5, atol=1e-5)
+    block.eval()  # no pooling at test time
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, g), plain_class_aggregation(block, x, g), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("classes", [3, 7, 12])  # below, at and above pad_len
