@@ -17,6 +17,8 @@ from lmseg.factory import create_model
 from lmseg.train.config import load_config
 from lmseg.train.trainer import TensorSegmentationDataset, Trainer
 
+pytestmark = pytest.mark.slow  # two processes started through a fork server
+
 BATCH = 4  # global: 2 per process under DDP
 
 
@@ -36,6 +38,10 @@ def _trainer(output_dir: str) -> Trainer:
             "model.clip_pretrained=null",
             "solver.iterations=10",
             f"solver.batch_size={BATCH}",
+            # without clipping (CAT-Seg clips the norm to 0.01, which rescales any gradient to
+            # the same norm), the optimizer sees the all-reduced gradients as they are, so a
+            # wrong averaging scale shows
+            "solver.grad_clip=null",
             "data.num_workers=0",
             "train.precision=fp32",
             "train.progress=false",
@@ -145,8 +151,9 @@ def test_ddp_step_matches_single_process(two_processes, tmp_path):
     for name, grad in grads.items():
         # two half-batch means averaged vs one full-batch mean: equal up to float rounding, which
         # for elements whose gradient is a near-cancelling sum is relative to the tensor's scale
+        # (measured: at most 1.9e-4 of it, in the decoder guidance's sums over classes and batch)
         scale = grad.abs().max().item()
-        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-3, atol=1e-8 + 1e-4 * scale, msg=name)
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-3, atol=1e-8 + 5e-4 * scale, msg=name)
     # The DDP process's update is exactly one optimizer step (AdamW, then the QV row restore)
     # on those averaged gradients, from the same initial weights: replay it in this process.
     replay = _trainer(str(tmp_path / "replay"))

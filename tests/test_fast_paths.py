@@ -35,6 +35,7 @@ def test_bf16_autocast_agrees_with_fp32(setup):
     assert (low.argmax(1) == reference.argmax(1)).float().mean() > 0.9
 
 
+@pytest.mark.slow  # compilation: seconds to a minute on two cores
 def test_compiled_blocks_match_eager():
     from lmseg.aggregation import compile_blocks
 

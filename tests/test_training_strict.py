@@ -15,7 +15,11 @@ from lmseg.train.trainer import Trainer
 
 
 def test_a_training_step_moves_only_qv_rows_of_clip(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, "solver.lr=1e-2"), model=seeded_model(), dataset=tiny_dataset())
+    # CLIP at the full learning rate and a large weight decay: AdamW's decay alone would move
+    # the frozen rows (their gradients are zero) unless the trainer writes them back.
+    config = tiny_config(tmp_path, "solver.lr=1e-2", "solver.clip_lr_multiplier=1.0",
+                         "solver.weight_decay=0.5")
+    trainer = Trainer(config, model=seeded_model(), dataset=tiny_dataset())
     model = trainer.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.step()
