@@ -197,12 +197,13 @@ class LMSeg(nn.Module):
         runtime = runtime_or_default(runtime)
         embedding = features.embedding
         b = embedding.shape[0]
+        given = tuple(text_embeddings.shape)  # for the error message: the caller's shape
         if text_embeddings.dim() == 3:
             text_embeddings = text_embeddings.unsqueeze(0).expand(b, -1, -1, -1)
         if text_embeddings.dim() != 4 or text_embeddings.shape[-1] != embedding.shape[1]:
             raise ValueError(
                 f"text embeddings must be (K, P, {embedding.shape[1]}) or "
-                f"(B, K, P, {embedding.shape[1]}), got {tuple(text_embeddings.shape)}"
+                f"(B, K, P, {embedding.shape[1]}), got {given}"
             )
         num_classes = text_embeddings.shape[1]
         if num_classes == 0:

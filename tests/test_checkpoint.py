@@ -1,6 +1,7 @@
 """Checkpoints carry their config, round-trip exactly and fail loudly when they do not fit."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -20,6 +21,11 @@ def test_round_trip_without_architecture_name(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp files left
     reloaded = lmseg.load_model(path)
     assert reloaded.config == model.config
+    assert reloaded.fusion.mode == "adaptive"  # rebuilt from the stored config alone
+    state = reloaded.state_dict()
+    assert set(state) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
     images, text = torch.rand(1, 3, 96, 96), torch.randn(3, 4, 32)
     with torch.no_grad():
         assert torch.equal(model(images, text), reloaded(images, text))
@@ -31,7 +37,12 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
     other = lmseg.create_model("lmseg_tiny")
     with pytest.raises(CheckpointError, match=r"missing \[.*spatial_encoder\..*mismatched \[cost_volume.embed.weight"):
         load_weights(other, path)
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^checkpoint {re.escape(str(path))} does not fit the model 'lmseg_tiny': missing "
+        r"\[fusion.weight_logit, spatial_adapter\..* \(\d+ in all\)\], unexpected \[\], mismatched "
+        r"\[cost_volume.embed.weight: checkpoint \(32, 1, 7, 7\) vs model \(32, 4, 7, 7\)\]$",
+    ):
         lmseg.create_model("lmseg_tiny", pretrained=str(path))
 
 

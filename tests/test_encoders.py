@@ -25,17 +25,57 @@ def clip() -> CLIPEncoder:
     return CLIPEncoder(model=model, image_size=cfg["image_size"], guidance_layers=cfg["guidance_layers"])
 
 
+# OpenAI CLIP's normalisation constants (RGB in [0, 1]) and SAM's (pixel values / 255).
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+SAM_MEAN = tuple(v / 255 for v in (123.675, 116.28, 103.53))
+SAM_STD = tuple(v / 255 for v in (58.395, 57.12, 57.375))
+
+
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def test_preprocess_resizes_bilinearly_and_normalises_with_openai_constants(clip):
+    images = torch.rand(2, 3, 50, 70)
+    resized = torch.nn.functional.interpolate(images, size=(96, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(clip.preprocess(images), normalise(resized, CLIP_MEAN, CLIP_STD))
+
+
 def test_pooled_path_equals_open_clip_encode_image(clip):
     images = torch.rand(2, 3, 96, 96)
     ours = clip.encode_image(images)
-    upstream = clip.model.encode_image(clip.preprocess(images))
+    upstream = clip.model.encode_image(normalise(images, CLIP_MEAN, CLIP_STD))
     torch.testing.assert_close(ours, upstream, rtol=1e-5, atol=1e-5)
 
 
-def test_text_features_equal_open_clip_encode_text(clip):
+def openai_text_features(model, tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """OpenAI CLIP's text tower written out from its weights: causal pre-LN transformer with
+    QuickGELU MLPs, ln_final, the end-of-text token's feature (the highest token id) times
+    text_projection. Unnormalised."""
+    x = model.token_embedding.weight[tokens] + model.positional_embedding
+    n = x.shape[1]
+    causal = torch.full((n, n), float("-inf")).triu(1)
+    for block in model.transformer.resblocks:
+        y = block.ln_1(x)
+        q, k, v = torch.nn.functional.linear(y, block.attn.in_proj_weight, block.attn.in_proj_bias).chunk(3, -1)
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + causal).softmax(-1)
+        x = x + block.attn.out_proj((attn @ v).transpose(1, 2).flatten(2))
+        h = block.mlp.c_fc(block.ln_2(x))
+        x = x + block.mlp.c_proj(h * torch.sigmoid(1.702 * h))  # QuickGELU
+    x = model.ln_final(x)
+    return x[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+def test_text_features_follow_openai_clip(clip):
     tokens = clip.tokenize(["a photo of a cat", "A photo of a wall in the scene"])
     assert tokens.shape == (2, 77)
-    torch.testing.assert_close(clip.encode_text(tokens), clip.model.encode_text(tokens))
+    # CLIP's BPE: start 49406, "a" 320, "photo" 1125, "of" 539, "cat" 2368, end 49407, then zeros
+    assert tokens[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 0]
+    heads = get_config("lmseg_tiny").vision_language_encoder["model_cfg"]["text_cfg"]["heads"]
+    with torch.no_grad():
+        expected = openai_text_features(clip.model, tokens, heads)
+        torch.testing.assert_close(clip.encode_text(tokens), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_guidance_taps_equal_open_clip_intermediates(clip):
@@ -73,11 +113,18 @@ def test_dense_last_block_follows_catseg(clip):
     torch.testing.assert_close(feats.embedding, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_positional_embedding_resized_for_other_grids(clip):
+def test_positional_embedding_resized_bicubically_for_other_grids(clip):
     wide = CLIPEncoder(model=clip.model, image_size=(96, 160), guidance_layers=(0, 1))
     feats = wide(torch.rand(1, 3, 50, 70))
     assert feats.embedding.shape == (1, 32, 12, 20)
-    assert wide.positional_embedding((12, 12)) is clip.model.visual.positional_embedding
+    pos = clip.model.visual.positional_embedding  # (1 + 12·12, width)
+    assert wide.positional_embedding((12, 12)) is pos
+    # CAT-Seg's resized_pos_embed: the class position kept, the 12x12 patch grid resized
+    # bicubically (corners not aligned) to the new grid
+    grid = pos[1:].reshape(1, 12, 12, -1).permute(0, 3, 1, 2)
+    resized = torch.nn.functional.interpolate(grid, size=(12, 20), mode="bicubic", align_corners=False)
+    expected = torch.cat([pos[:1], resized[0].flatten(1).T])
+    torch.testing.assert_close(wide.positional_embedding((12, 20)), expected)
 
 
 def test_unknown_pretrained_tag_is_a_clear_error():
@@ -128,7 +175,7 @@ def test_sam_encoder_equals_segment_anything(tmp_path):
     torch.save(sam.state_dict(), path)
     ours = build_sam_encoder("vit_b", image_size=64, checkpoint=str(path), **SAM_TINY)
     images = torch.rand(2, 3, 64, 64)
-    expected = sam.image_encoder((images - ours.mean) / ours.std)
+    expected = sam.image_encoder(normalise(images, SAM_MEAN, SAM_STD))
     torch.testing.assert_close(ours(images), expected)
     assert ours(images).shape == (2, 32, 8, 8)
     assert not any(p.requires_grad for p in ours.parameters())

@@ -26,11 +26,19 @@ def test_bf16_autocast_agrees_with_fp32(setup):
     model, features, text, reference = setup
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = model.decode(features, text, EXACT).float()
-    assert (low - reference).abs().max() < 0.1
-    # Random weights give near-tied logits; trained models agree far more (see benchmarks).
+    # Measured (catseg_tiny and lmseg_tiny, two seeds each, 10 classes, 2-core CPU): max |error|
+    # 0.015-0.027 and mean |error| 0.0026-0.0040 on logits of max |value| 0.85-2.2; tolerances
+    # are about twice that. The class attention's own accumulation dtype does not show at this
+    # level (bf16 accumulation measured 0.0222 vs 0.0204 max): its bf16 test is in
+    # test_aggregation.py.
+    error = (low - reference).abs()
+    assert error.max() < 0.05 and error.mean() < 0.008, (error.max(), error.mean())
+    # Random weights give near-tied logits (measured agreement 0.93-0.97); trained models agree
+    # far more (see benchmarks).
     assert (low.argmax(1) == reference.argmax(1)).float().mean() > 0.9
 
 
+@pytest.mark.slow  # compilation: seconds to a minute on two cores
 def test_compiled_blocks_match_eager():
     from lmseg.aggregation import compile_blocks
 

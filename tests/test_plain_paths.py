@@ -31,6 +31,19 @@ def _randomise(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
+def test_training_pooled_class_aggregation_matches_plain_formulation():
+    # CAT-Seg pools the cost map 2x2 before the class attention in training, then upsamples the
+    # attended map bilinearly with aligned corners before the residual.
+    block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=7)).train()
+    x, g = torch.randn(2, 3, 6, 8, 16), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        expected = plain_class_aggregation(block, x, g, pool_size=2)
+    pooled = block(x, g, runtime=RuntimeOptions(class_pool_size=2))
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # no pooling unless the runtime asks for it (CAT-Seg's eval.sh: [1, 1])
+        torch.testing.assert_close(block(x, g), plain_class_aggregation(block, x, g), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("classes", [3, 7, 12])  # below, at and above pad_len
 def test_class_aggregation_matches_plain_formulation(classes):
     block = _randomise(ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=7))

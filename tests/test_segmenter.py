@@ -178,3 +178,79 @@ def test_sliding_window_combine_puts_every_window_back_where_views_took_it():
     resized = torch.nn.functional.interpolate(image[None], size=(40, 40), mode="bilinear")[0]
     global_part = torch.nn.functional.interpolate(views[-1:], size=(40, 40), mode="bilinear")[0]
     torch.testing.assert_close(2 * combined - global_part, resized, rtol=1e-5, atol=1e-5)
+
+
+# -- sliding window against CAT-Seg's formulation ----------------------------------------------
+def catseg_views(image: torch.Tensor, resize: int, kernel: int, overlap: float) -> torch.Tensor:
+    """CAT-Seg's ``inference_sliding_window`` input side: ``(3, H, W)`` -> windows + global view."""
+    stride = int(kernel * (1 - overlap))
+    resized = torch.nn.functional.interpolate(image[None], size=(resize, resize), mode="bilinear", align_corners=False)[0]
+    windows = torch.nn.Unfold(kernel_size=kernel, stride=stride)(resized)  # (3·k·k, L)
+    windows = windows.T.reshape(-1, 3, kernel, kernel)
+    global_view = torch.nn.functional.interpolate(image[None], size=(kernel, kernel), mode="bilinear", align_corners=False)
+    return torch.cat([windows, global_view])
+
+
+def catseg_combine(logits: torch.Tensor, resize: int, kernel: int, overlap: float) -> torch.Tensor:
+    """CAT-Seg's output side: model-resolution logits of the views -> ``(K, resize, resize)``.
+
+    Window logits are upsampled to the window size (bilinear, corners not aligned), turned into
+    probabilities, folded back with F.fold and divided by the fold of ones; then averaged with
+    the global view's probabilities upsampled to the full size.
+    """
+    stride = int(kernel * (1 - overlap))
+    out = torch.nn.functional.interpolate(logits, size=kernel, mode="bilinear", align_corners=False).sigmoid()
+    global_output = torch.nn.functional.interpolate(out[-1:], size=(resize, resize), mode="bilinear", align_corners=False)
+    fold = torch.nn.Fold((resize, resize), kernel_size=kernel, stride=stride)
+    unfold = torch.nn.Unfold(kernel_size=kernel, stride=stride)
+    windows = fold(out[:-1].flatten(1).T) / fold(unfold(torch.ones(1, resize, resize)))
+    return (windows + global_output[0]) / 2
+
+
+def test_sliding_window_combine_of_model_resolution_logits_equals_catseg():
+    from lmseg.segmenter import SlidingWindow
+
+    window = SlidingWindow(resize=40, window=24, overlap=1 / 3)  # stride 16: 2 x 2 windows
+    for size in (6, 12, 7):  # the model's 4h x 4w grid is smaller than the window (and may be odd)
+        logits = torch.randn(5, 3, size, size) * 3
+        torch.testing.assert_close(
+            window.combine(logits.clone()), catseg_combine(logits, 40, 24, 1 / 3), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_sliding_window_views_equal_catseg():
+    from lmseg.segmenter import SlidingWindow
+
+    image = torch.rand(3, 30, 50)
+    views = SlidingWindow(resize=40, window=24, overlap=1 / 3).views(image)
+    torch.testing.assert_close(views, catseg_views(image, 40, 24, 1 / 3), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_predict_equals_catseg_inference(segmenter, rgb, sliding):
+    """Labels and probabilities of predict() from the model's logits, computed CAT-Seg's way:
+    whole image (sigmoid of the logits, upsampled bilinearly to the image) or sliding window."""
+    from lmseg.segmenter import SlidingWindow
+
+    window = SlidingWindow(resize=160, window=96, overlap=0.333)  # 2 x 2 windows of 96 px
+    previous, segmenter.window = segmenter.window, window
+    try:
+        result = segmenter.predict(rgb, CLASSES, sliding_window=sliding, return_probabilities=True)
+        labels, probs = result.labels, result.probabilities
+    finally:
+        segmenter.window = previous
+    image = load_image(rgb)
+    text = segmenter.text_embeddings(CLASSES)
+    with torch.no_grad():
+        if sliding:
+            logits = segmenter.model(catseg_views(image, 160, 96, 0.333), text)
+            small = catseg_combine(logits, 160, 96, 0.333)
+        else:
+            small = segmenter.model(image[None], text)[0].sigmoid()
+    expected = torch.nn.functional.interpolate(small[None], size=(50, 70), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-4, atol=1e-5)
+    # Labels are the arg-max, wherever the two best classes are not tied within rounding.
+    top2 = expected.topk(2, dim=0).values
+    clear = (top2[0] - top2[1] > 1e-4).numpy()
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(labels[clear], expected.argmax(0).numpy()[clear])

@@ -282,6 +282,72 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert load_config(run / "config.yaml").to_dict() == tiny_config(run).to_dict()
 
 
+class RecordingDataset(torch.utils.data.Dataset):
+    """Serves a dataset's items, records which it served, and draws from the global torch,
+    numpy and Python RNGs for each item (as user datasets and augmentations do), so the data
+    depend on the RNG state a resumed run starts from."""
+
+    def __init__(self, base: TensorSegmentationDataset) -> None:
+        self.base = base
+        self.class_names = base.class_names
+        self.ignore_value = base.ignore_value
+        self.served: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        import random
+
+        self.served.append(int(index))
+        item = dict(self.base[index])
+        shift = int(torch.randint(0, 40, ())) + int(np.random.randint(0, 40)) + random.randrange(40)
+        item["image"] = (item["image"].int() + shift).clamp(0, 255).to(torch.uint8)
+        return item
+
+
+def _rng_fingerprint() -> tuple:
+    import random
+
+    return torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def test_run_killed_mid_epoch_resumes_exactly(tmp_path):
+    # 5 samples, batch 2: the checkpoint at iteration 3 lies mid-epoch (epoch 1, sample 1).
+    def run(folder, until=None, model=None):
+        dataset = RecordingDataset(tiny_dataset(5))
+        trainer = Trainer(tiny_config(folder), model=model or seeded_model(), dataset=dataset)
+        return trainer, dataset
+
+    full, full_data = run(tmp_path / "full")
+    reference = [h["loss"] for h in full.train()]
+    full_rng = _rng_fingerprint()
+    assert len(full_data.served) == 12
+
+    killed, killed_data = run(tmp_path / "run")
+    first = [h["loss"] for h in killed.train(until=4)]
+    assert first == reference[:4] and killed_data.served == full_data.served[:8]
+    state = torch.load(tmp_path / "run/checkpoints/iter_0000003/state.pt", weights_only=True)
+    assert (state["data"]["epoch"], state["data"]["index"]) == (1, 1)
+
+    torch.manual_seed(999)  # a fresh process: other weights and RNG states until the checkpoint
+    np.random.seed(999)
+    resumed, resumed_data = run(tmp_path / "run", model=create_model("catseg_tiny"))
+    assert resumed.resume() and resumed.iteration == 3
+    rest = [h["loss"] for h in resumed.train()]
+    # the same samples in the same order from the middle of epoch 1 ...
+    assert resumed_data.served == full_data.served[6:]
+    # ... drawing the same random numbers: the RNG states continue where the checkpoint left them
+    for a, b in zip(_rng_fingerprint(), full_rng, strict=True):
+        assert (a == b).all() if isinstance(a, (torch.Tensor, np.ndarray)) else a == b
+    assert rest == reference[3:]  # bit-exact on CPU
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    final = load_model(tmp_path / "run/model_final.safetensors")
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(final.state_dict()[name], value), name
+
+
 def test_grad_accumulation_matches_full_batch(tmp_path):
     dataset = tiny_dataset()
     one = Trainer(

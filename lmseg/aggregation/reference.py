@@ -157,8 +157,12 @@ def spatial_aggregation(
     if guidance is not None and spatial.guidance_norm is not None:
         g = repeat(spatial.guidance_norm(guidance), "b h w c -> (b k) h w c", k=k)
     blocks: list[GuidedSwinBlock] = list(spatial.blocks)  # type: ignore[arg-type]
-    for block in blocks:
-        window, shift = block.geometry(h, w)
+    # CAT-Seg's SwinTransformerBlock: when the map is no larger than the window, one window covers
+    # it and there is no shift; otherwise the second block shifts by half the window.
+    window = min(blocks[0].window_size, h, w)
+    for block, shift in zip(blocks, (0, blocks[0].window_size // 2), strict=True):
+        if min(h, w) <= blocks[0].window_size:
+            shift = 0
         y = block.norm1(t)
         yg = torch.cat([y, g], -1) if g is not None else y
         if shift:

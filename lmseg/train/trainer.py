@@ -343,6 +343,10 @@ class Trainer:
             AugmentedDataset(self.dataset, self.augmentation, self.config.train.seed),
             batch_size=self.micro_batch,
             sampler=stream,
+            # Its own generator: otherwise each new iterator (one per resume) draws its workers'
+            # base seed from the global torch RNG, and a resumed run's RNG leaves the
+            # uninterrupted run's.
+            generator=torch.Generator().manual_seed(self.config.train.seed + self.dist.rank),
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
