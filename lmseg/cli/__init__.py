@@ -2,7 +2,8 @@
 
 ``lmseg predict IMAGE... --classes "a,b,c" | --vocabulary ade150 --model NAME
 [--checkpoint PATH] --out DIR``, ``lmseg models``, ``lmseg convert-catseg IN OUT`` and
-``lmseg prompts ...``, ``lmseg train CONFIG [key=value ...]`` and ``lmseg eval ...``.
+``lmseg prompts ...``, ``lmseg train CONFIG [key=value ...]``, ``lmseg eval ...`` and
+``lmseg export MODEL --format onnx --out DIR``.
 :func:`main` takes ``argv`` so tests call it in-process.
 
 Each sub-command lives in a module of this package with a ``register(subparsers)`` function;
@@ -21,13 +22,13 @@ __all__ = ["build_parser", "main", "run_command"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmseg`` command."""
-    from lmseg.cli import demo, models, predict, prompts, train
+    from lmseg.cli import demo, export, models, predict, prompts, train
 
     parser = argparse.ArgumentParser(
         prog="lmseg", description="Open-vocabulary semantic segmentation (LMSeg, CAT-Seg)."
     )
     sub = parser.add_subparsers(dest="command")
-    for module in (predict, models, prompts, train, demo):
+    for module in (predict, models, prompts, train, demo, export):
         module.register(sub)
     return parser
 
