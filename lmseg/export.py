@@ -52,6 +52,7 @@ __all__ = [
     "ImageEncoderGraph",
     "export_model",
     "load_text_embeddings",
+    "read_manifest",
     "save_text_embeddings",
     "verify_export",
 ]

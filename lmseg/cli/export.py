@@ -54,7 +54,15 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--verify",
         action="store_true",
-        help="run the exported graphs against PyTorch on random inputs (K = 5, 150, 847)",
+        help="run the exported graphs against PyTorch on random inputs and print the differences",
+    )
+    p.add_argument(
+        "--verify-classes",
+        type=int,
+        nargs="+",
+        default=[5, 150, 847],
+        metavar="K",
+        help="vocabulary sizes --verify checks (default 5 150 847; the graphs' memory grows with K)",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_export)
@@ -95,7 +103,7 @@ def _export(args: argparse.Namespace) -> int:
         for name, entry in manifest["text_embeddings"].items():
             print(f"  text embeddings {name}: {entry['file']} {tuple(entry['shape'])}")
     if args.verify:
-        rows = verify_export(args.out, model)
+        rows = verify_export(args.out, model, classes=args.verify_classes)
         print(f"{'K':>5} {'batch':>5} {'max |d features|':>16} {'max |d logits|':>14} {'arg-max agree':>13}")
         for row in rows:
             print(f"{row['classes']:>5} {row['batch']:>5} {row['max_abs_feature_difference']:>16.2e} "
