@@ -17,8 +17,10 @@ resident memory of the first call above the process's memory before it (VmHWM, r
 agreement of its evaluation scenes between onnxruntime and PyTorch. Prints tables, writes JSON.
 
     python benchmarks/export.py [--models lmseg_tiny catseg_tiny catseg_vitb16 lmseg_vitb16_samb]
-        [--classes 5 150 847] [--vitb-classes 150] [--repeats 3] [--threads 2]
-        [--synthetic-steps 200] [--out benchmarks/results/export.json]
+        [--classes 5 150 847] [--vitb-classes 150] [--repeats 2] [--threads 2]
+        [--out benchmarks/results/export.json]
+    python benchmarks/export.py --models --synthetic-steps 200 --synthetic-seeds 0 1 \
+        --out benchmarks/results/export_synthetic.json
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def synthetic_agreement(steps: int, seed: int) -> list[dict]:
             metrics = {"torch": SegmentationMetrics(len(vocab), IGNORE_VALUE),
                        "onnxruntime": SegmentationMetrics(len(vocab), IGNORE_VALUE)}
             agree = total = 0
-            difference = 0.0
+            difference, low, high = 0.0, float("inf"), float("-inf")
             with torch.no_grad():
                 text = demo.text_embeddings(model, world, vocab, row.prompts)
                 for start in range(0, len(images), 16):
@@ -186,6 +188,7 @@ def synthetic_agreement(steps: int, seed: int) -> list[dict]:
                     feeds = {**dict(zip(FEATURES, features, strict=True)), "text_embeddings": text.numpy()}
                     exported = torch.from_numpy(sessions["class_decoder"].run(None, feeds)[0])
                     difference = max(difference, float((exported - reference).abs().max()))
+                    low, high = min(low, float(reference.min())), max(high, float(reference.max()))
                     target = lookup[labels[start : start + 16]]
                     predictions = {}
                     for key, logits in (("torch", reference), ("onnxruntime", exported)):
@@ -198,10 +201,11 @@ def synthetic_agreement(steps: int, seed: int) -> list[dict]:
             rows.append({
                 "seed": seed, "steps": steps, "set": set_name, "classes": len(vocab), "pixels": total,
                 "argmax_agreement": agree / total, "max_abs_logit_difference": difference,
+                "logit_range": high - low,
                 "mIoU_torch": miou["torch"], "mIoU_onnxruntime": miou["onnxruntime"],
             })
             print(f"synthetic seed {seed} {set_name}: K={len(vocab)} agreement "
-                  f"{100 * agree / total:.3f}% max |dlogit| {difference:.2e} "
+                  f"{100 * agree / total:.3f}% max |dlogit| {difference:.2e} (range {high - low:.1f}) "
                   f"mIoU {miou['torch']:.2f} / {miou['onnxruntime']:.2f}", flush=True)
     return rows
 
@@ -223,12 +227,12 @@ HEADER = (f"{'model':>18} {'half':>5} {'K':>4} {'torch s':>8} {'unchunk':>8} {'o
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lmseg_tiny", "catseg_tiny", "catseg_vitb16",
+    parser.add_argument("--models", nargs="*", default=["lmseg_tiny", "catseg_tiny", "catseg_vitb16",
                                                         "lmseg_vitb16_samb"])
     parser.add_argument("--classes", type=int, nargs="+", default=[5, 150, 847],
                         help="K for the tiny models")
     parser.add_argument("--vitb-classes", type=int, nargs="+", default=[150], help="K for ViT-B models")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--synthetic-steps", type=int, default=0, help="0: skip the trained model")
     parser.add_argument("--synthetic-seeds", type=int, nargs="+", default=[0])

@@ -8,7 +8,9 @@ tiny models' ``pad_len`` (16) and at batch sizes other than the one traced.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -70,8 +72,12 @@ def catseg_cli(tmp_path_factory):
     out.mkdir()
     (out / "manifest.json").write_text('{"stale": true}')
     argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--classes",
-            "cat, dog,sky", "--classes-name", "pets", "--overwrite", "--quiet"]
-    return model, out, main(argv)
+            "cat, dog,sky", "--classes-name", "pets", "--overwrite", "--quiet", "--verify",
+            "--verify-classes", "5", "17"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(argv)
+    return model, out, rc, printed.getvalue()
 
 
 @pytest.mark.parametrize("which", ["lmseg", "catseg"])
@@ -138,13 +144,19 @@ def test_export_never_overwrites_unless_asked(lmseg_onnx):
 
 
 def test_cli_exports_a_checkpoint_over_an_earlier_export(catseg_cli):
-    model, out, rc = catseg_cli
+    model, out, rc, printed = catseg_cli
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert "stale" not in manifest and manifest["model"]["name"] == "catseg_tiny"
     classes, embeddings = load_text_embeddings(out / "text" / "pets.npz")
     assert classes == ["cat", "dog", "sky"] and embeddings.shape == (3, 1, 32)
     assert not [p for p in out.rglob("*.tmp")]  # atomic writes leave no temporary file
+
+
+def test_cli_verify_prints_the_differences(catseg_cli):
+    rows = [line.split() for line in catseg_cli[3].splitlines()[1:]]
+    assert [int(row[0]) for row in rows] == [5, 17]
+    assert all(float(row[3]) < TOLERANCE for row in rows)  # max |d logits|
 
 
 def test_cli_reports_bad_requests(tmp_path, capsys):
