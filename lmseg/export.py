@@ -85,7 +85,7 @@ IMAGE_INPUTS = ("images",)
 FEATURES = ("embedding", "decoder_guidance_0", "decoder_guidance_1")
 CLASS_INPUTS = (*FEATURES, "text_embeddings")
 CLASS_OUTPUTS = ("logits",)
-GRAPH_NAMES = {"image_encoder": "image_encoder", "class_decoder": "class_decoder"}
+GRAPHS = ("image_encoder", "class_decoder")  # file stems and manifest keys
 _SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
 MANIFEST = "manifest.json"
 TEXT_FOLDER = "text"
@@ -191,7 +191,7 @@ def _examples(model: LMSeg) -> _Traced:
 
 def _targets(out: Path, fmt: ExportFormat, vocabularies: Mapping[str, Sequence[str]]) -> list[Path]:
     suffix = _SUFFIX[fmt]
-    paths = [out / f"{name}{suffix}" for name in GRAPH_NAMES.values()]
+    paths = [out / f"{name}{suffix}" for name in GRAPHS]
     paths += [out / TEXT_FOLDER / f"{name}.npz" for name in vocabularies]
     return [*paths, out / MANIFEST]
 
@@ -429,7 +429,7 @@ def export_model(
     image_graph = ImageEncoderGraph(model=model).eval()
     class_graph = ClassDecoderGraph(model=model).eval()
     suffix = _SUFFIX[format]
-    files = {key: out / f"{name}{suffix}" for key, name in GRAPH_NAMES.items()}
+    files = {name: out / f"{name}{suffix}" for name in GRAPHS}
     if format == "onnx":
         _export_onnx(image_graph, traced.image_args, traced.image_dims, IMAGE_INPUTS, FEATURES,
                      opset, files["image_encoder"])
@@ -503,7 +503,7 @@ class _Runner:
 
     def __init__(self, directory: Path, manifest: dict[str, Any], threads: int | None) -> None:
         self.format = manifest["format"]
-        files = {key: directory / manifest["graphs"][key]["file"] for key in GRAPH_NAMES}
+        files = {key: directory / manifest["graphs"][key]["file"] for key in GRAPHS}
         if self.format == "onnx":
             import onnxruntime as ort
 
