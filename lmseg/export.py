@@ -236,12 +236,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def _export_onnx(graph: nn.Module, args: tuple[torch.Tensor, ...], dims: dict[str, dict[int, Any]],
                  inputs: Sequence[str], outputs: Sequence[str], opset: int, path: Path) -> None:
-    try:
-        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
-    except ImportError as error:
-        raise ImportError(
-            "ONNX export needs onnx and onnxscript: pip install 'lmseg[onnx]'"
-        ) from error
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             graph,
@@ -393,11 +387,20 @@ def export_model(
         FileExistsError: a file of the export exists and ``overwrite`` is False (nothing is
             written then).
         ValueError: an unknown format, a bad vocabulary name or class list, an opset below 18.
+        ImportError: ONNX export without onnx and onnxscript (``pip install 'lmseg[onnx]'``).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {FORMATS}")
     if format == "onnx" and opset < 18:
         raise ValueError(f"opset {opset} is too old: the antialiased resize of SAM needs opset 18")
+    if format == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401  (torch's ONNX exporter translates through it)
+        except ImportError as error:
+            raise ImportError(
+                "ONNX export needs onnx and onnxscript: pip install 'lmseg[onnx]'"
+            ) from error
     lists = {_check_vocabulary_name(k): validate_classes(v) for k, v in (vocabularies or {}).items()}
     out = Path(out)
     if out.exists() and not out.is_dir():
