@@ -149,9 +149,13 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "synthetic_zero_shot.py": check_synthetic_zero_shot,
 }
 
+# Examples that need files another step writes, run by their own tests.
+TESTED_ELSEWHERE = {"onnx_inference.py": "tests/test_export.py (after an ONNX export)"}
+
 
 def test_every_example_is_covered():
-    assert {p.name for p in EXAMPLES.glob("*.py")} <= set(ARGS) == set(CHECKS)
+    assert {p.name for p in EXAMPLES.glob("*.py")} <= set(ARGS) | set(TESTED_ELSEWHERE)
+    assert set(ARGS) == set(CHECKS)
 
 
 @pytest.mark.parametrize("name", sorted(ARGS))

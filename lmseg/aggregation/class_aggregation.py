@@ -71,8 +71,8 @@ class ClassAggregation(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def _padding_kv(
-        self, num_classes: int, with_guidance: bool
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        self, num_classes: int | torch.SymInt, with_guidance: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int | torch.SymInt]:
         """Key and value of the learnable padding token, and how many padding slots there are.
 
         All padding slots hold the same token (and the same guidance token), so their keys and
@@ -81,7 +81,13 @@ class ClassAggregation(nn.Module):
         concatenate-then-attend up to float summation order.
         """
         missing = self.pad_len - num_classes
-        if self.padding_tokens is None or missing <= 0:
+        if self.padding_tokens is None:
+            return None, None, 0
+        if isinstance(missing, torch.SymInt):
+            # A graph traced for every vocabulary size (lmseg.export) cannot branch on
+            # K < pad_len: the count is max(pad_len - K, 0) in the graph, and 0 adds nothing.
+            missing = torch.sym_max(missing, 0)
+        elif missing <= 0:
             return None, None, 0
         d = self.dim
         # Functional forms: the token is a parameter, not an activation (module hooks such as
@@ -114,7 +120,7 @@ class ClassAggregation(nn.Module):
         t: torch.Tensor,
         qkv_weight: torch.Tensor,
         class_terms: torch.Tensor,
-        padding: tuple[torch.Tensor | None, torch.Tensor | None, int],
+        padding: tuple[torch.Tensor | None, torch.Tensor | None, int | torch.SymInt],
         runtime: RuntimeOptions,
         *,
         inplace: bool = False,

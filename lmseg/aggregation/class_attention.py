@@ -41,6 +41,12 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(max=0).exp_().add_(x.clamp(min=0))
 
 
+def has_padding(count: int | torch.SymInt) -> bool:
+    """Whether the padding key/value take part: ``count > 0``, and always for a symbolic count
+    (a graph traced for every K, where a count of 0 then adds nothing)."""
+    return isinstance(count, torch.SymInt) or count > 0
+
+
 @device_constant
 def _head_mask(heads: int, dim: int, device: torch.device) -> torch.Tensor:
     """``(C, C)`` float: 1 where row and column belong to the same head."""
@@ -56,7 +62,7 @@ def linear_attention(
     *,
     extra_k: torch.Tensor | None = None,
     extra_v: torch.Tensor | None = None,
-    extra_count: int = 0,
+    extra_count: int | torch.SymInt = 0,
 ) -> torch.Tensor:
     """Multi-head linear attention over the class axis, accumulated in fp32.
 
@@ -91,7 +97,7 @@ def linear_attention(
         fk = elu_feature_map(k.reshape(n, length, c).float())
         kv = torch.bmm(fk.transpose(1, 2), v.reshape(n, length, c).float())  # (N, C, C)
         k_sum = fk.sum(dim=1)  # (N, C)
-        if extra_count and extra_k is not None and extra_v is not None:
+        if has_padding(extra_count) and extra_k is not None and extra_v is not None:
             ek = elu_feature_map(extra_k.reshape(-1, c).float())
             kv = kv + extra_count * (ek[:, :, None] * extra_v.reshape(-1, c).float()[:, None, :])
             k_sum = k_sum + extra_count * ek
@@ -123,7 +129,7 @@ class LinearClassAttention(nn.Module):
         *,
         extra_k: torch.Tensor | None = None,
         extra_v: torch.Tensor | None = None,
-        extra_count: int = 0,
+        extra_count: int | torch.SymInt = 0,
         runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """``q, k, v (N, K, heads, d)`` (+ the padding key/value) -> ``(N, K, heads, d)``."""
@@ -149,7 +155,7 @@ class SoftmaxClassAttention(nn.Module):
         *,
         extra_k: torch.Tensor | None = None,
         extra_v: torch.Tensor | None = None,
-        extra_count: int = 0,
+        extra_count: int | torch.SymInt = 0,
         runtime: RuntimeOptions | None = None,
     ) -> torch.Tensor:
         """``q, k, v (N, K, heads, d)`` (+ the padding key/value) -> ``(N, K, heads, d)``."""
@@ -157,12 +163,17 @@ class SoftmaxClassAttention(nn.Module):
         n, length, heads, d = q.shape
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (N, heads, K, d)
         bias = None
-        if extra_count and extra_k is not None and extra_v is not None:
+        if has_padding(extra_count) and extra_k is not None and extra_v is not None:
             pad_k = extra_k.reshape(-1, heads, 1, d).to(kh.dtype).expand(n, -1, -1, -1)
             pad_v = extra_v.reshape(-1, heads, 1, d).to(vh.dtype).expand(n, -1, -1, -1)
             kh = torch.cat([kh, pad_k], dim=2)
             vh = torch.cat([vh, pad_v], dim=2)
-            bias = _padding_bias(length, math.log(extra_count), q.device, qh.dtype)
+            if isinstance(extra_count, torch.SymInt):
+                # Traced for every K: log(0) = -inf removes the padding key when K ≥ pad_len.
+                log_count = qh.new_full((1, 1, 1, 1), extra_count).log()
+                bias = torch.cat([qh.new_zeros(1, 1, 1, length), log_count], dim=-1)
+            else:
+                bias = _padding_bias(length, math.log(extra_count), q.device, qh.dtype)
         out = softmax_attention(qh, kh, vh, bias, backend=backend)
         return out.transpose(1, 2)
 

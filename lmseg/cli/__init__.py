@@ -4,7 +4,7 @@
 ade150 --model NAME[:TAG] [--checkpoint PATH] --out DIR``, ``lmseg models``,
 ``lmseg weights list|download|path``, ``lmseg convert-catseg IN OUT``, ``lmseg prompts ...``,
 ``lmseg data ...``, ``lmseg train CONFIG [key=value ...]``, ``lmseg eval ...`` and
-``lmseg demo``. :func:`main` takes ``argv`` so tests call it in-process.
+``lmseg demo`` and ``lmseg export MODEL --format onnx --out DIR``. :func:`main` takes ``argv`` so tests call it in-process.
 
 Each sub-command lives in a module of this package with a ``register(subparsers)`` function;
 every command sets ``func(args) -> int`` (the exit status).
@@ -27,7 +27,7 @@ __all__ = ["build_parser", "main", "run_command"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmseg`` command."""
     from lmseg import __version__
-    from lmseg.cli import data, demo, models, predict, prompts, train, weights
+    from lmseg.cli import data, demo, export, models, predict, prompts, train, weights
 
     parser = argparse.ArgumentParser(
         prog="lmseg",
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lmseg {__version__}")
     sub = parser.add_subparsers(dest="command")
-    for module in (predict, models, prompts, data, train, weights, demo):
+    for module in (predict, models, prompts, data, train, weights, demo, export):
         module.register(sub)
     return parser
 

@@ -32,6 +32,7 @@ __all__ = [
     "DenseFeatures",
     "SpatialEncoder",
     "VisionLanguageEncoder",
+    "needs_resize",
 ]
 
 
@@ -150,6 +151,18 @@ class SpatialEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` RGB in [0, 1] -> ``(B, C, s, s)``."""
         raise NotImplementedError
+
+
+def needs_resize(images: torch.Tensor, size: tuple[int, int]) -> bool:
+    """Whether ``(B, 3, H, W)`` images must be resized to ``size`` (H, W).
+
+    A graph traced for any image size (:mod:`lmseg.export`) always resizes: bilinear resizing to
+    the size an image already has is the identity, so the graph agrees with the eager skip.
+    """
+    h, w = images.shape[-2:]
+    if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):
+        return True
+    return (int(h), int(w)) != tuple(size)
 
 
 VISION_LANGUAGE_ENCODERS: Registry[VisionLanguageEncoder] = Registry(

@@ -29,6 +29,7 @@ from lmseg.encoders.base import (
     AttentionWeights,
     DenseFeatures,
     VisionLanguageEncoder,
+    needs_resize,
 )
 from lmseg.weights import WeightsNotFoundError, quiet_open_clip_random_init
 
@@ -131,7 +132,7 @@ class CLIPEncoder(VisionLanguageEncoder):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
         size = size or self.image_size
-        if tuple(images.shape[-2:]) != size:
+        if needs_resize(images, size):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
