@@ -1,7 +1,7 @@
 """Benchmark: cost volume + aggregator + decoder (the class-dependent part) at ViT-B sizes.
 
-Batch 1, 24×24 grid, 2 layers, test mode, random weights, the setting of CAT-Seg's figures in
-issue "Performance". Each configuration runs in its own subprocess so peak memory is its own.
+Batch 1, 24×24 grid, 2 layers, test mode, random weights, the setting in which CAT-Seg's
+own code was timed. Each configuration runs in its own subprocess so peak memory is its own.
 Prints a table and writes JSON.
 
     python benchmarks/aggregator.py [--classes 20 150 847] [--repeats 3] [--precision fp32 bf16]

@@ -124,7 +124,7 @@ def device_constant(build: Callable[..., torch.Tensor]) -> Callable[..., torch.T
 
 # Chunk sizes when a block's own is None. CPU: what measured fastest at ViT-B sizes on two cores
 # (docs/performance.md): a chunk's 4x-wide MLP activations stay in cache. GPU: fewer, larger
-# launches (a guess, not measured here: no GPU was available).
+# launches (a guess: not measured on a GPU yet).
 CHUNK_DEFAULTS: dict[str, dict[str, int]] = {
     "cpu": {"classes": 8, "tokens": 4096, "mlp_rows": 2048},
     "gpu": {"classes": 64, "tokens": 65536, "mlp_rows": 1 << 30},
