@@ -15,7 +15,7 @@ the cell costs a fifth of the time and adds no information (``rows=tuple(ROWS)``
 The parts read on their own: :mod:`~lmseg.synthetic.settings` (rows and settings),
 :mod:`~lmseg.synthetic.model` (the model and prompts), :mod:`~lmseg.synthetic.training`,
 :mod:`~lmseg.synthetic.evaluation`, :mod:`~lmseg.synthetic.runner` (jobs, parallel processes)
-and :mod:`~lmseg.synthetic.report` (table, claims, figure). This module runs them end to end
+and :mod:`~lmseg.synthetic.report` (table, claims) and :mod:`~lmseg.synthetic.figure`. This module runs them end to end
 (:func:`run_demo`) and re-exports their public names.
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 
 from lmseg.io import atomic_write
 from lmseg.synthetic.evaluation import eval_sets, evaluate, reference_levels
+from lmseg.synthetic.figure import save_figure
 from lmseg.synthetic.model import (
     build_demo_model,
     class_prompts,
@@ -38,7 +39,7 @@ from lmseg.synthetic.model import (
     prompt_ids,
     text_embeddings,
 )
-from lmseg.synthetic.report import format_claims, format_table, save_figure, summarise, targets
+from lmseg.synthetic.report import format_claims, format_table, summarise, targets
 from lmseg.synthetic.runner import demo_jobs, run_jobs
 from lmseg.synthetic.settings import (
     DEFAULT_ROWS,

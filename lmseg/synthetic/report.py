@@ -1,19 +1,16 @@
-"""Reporting a demo run: per-row statistics over seeds, the two claims, the table and the figure."""
+"""Reporting a demo run: per-row statistics over seeds, the two claims and the results table."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lmseg.synthetic.settings import ROWS
-from lmseg.synthetic.world import COLORS, SyntheticWorld
 
-__all__ = ["format_claims", "format_table", "save_figure", "stats", "summarise", "targets"]
+__all__ = ["format_claims", "format_table", "stats", "summarise", "targets"]
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:
@@ -95,61 +92,3 @@ def format_table(results: dict[str, Any]) -> str:
     ):
         lines.append(f"| {name} | {ref['unseen'][key]:.1f} | {ref['seen'][key]:.1f} | |")
     return "\n".join(lines)
-
-
-def save_figure(
-    path: Path,
-    world: SyntheticWorld,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    predictions: dict[str, np.ndarray],
-    scale: int = 3,
-) -> None:
-    """One line per unseen scene: the image, the ground truth, then each row's prediction.
-
-    Regions are filled with their class's colour (black background) and named; a predicted name
-    is white where it matches the ground truth under most of the region, red otherwise.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    palette = np.full((len(world.classes), 3), 25, np.uint8)
-    for k, c in enumerate(world.classes[1:], start=1):
-        palette[k] = (np.asarray(COLORS[c.color]) * 200).round().astype(np.uint8)
-    s, pad, header = world.image_size * scale, 6, 24
-    titles = ["image", "ground truth", *predictions]
-    canvas = Image.new(
-        "RGB", (pad + len(titles) * (s + pad), header + len(images) * (s + pad)), "white"
-    )
-    draw = ImageDraw.Draw(canvas)
-    for j, title in enumerate(titles):
-        draw.text((pad + j * (s + pad), 6), title, fill="black", font=font)
-
-    def tile(label: np.ndarray, truth: np.ndarray) -> Image.Image:
-        up = np.kron(label, np.ones((scale, scale), np.int64))
-        out = Image.fromarray(palette[up])
-        pen = ImageDraw.Draw(out)
-        for k in (k for k in np.unique(label) if k):
-            ys, xs = np.nonzero(label == k)
-            if len(ys) < 12:
-                continue
-            right = np.bincount(truth[ys, xs]).argmax() == k
-            name = world.classes[int(k)].name
-            pen.text(
-                (xs.mean() * scale - font.getlength(name) / 2, ys.mean() * scale - 5),
-                name,
-                fill="white" if right else (255, 90, 90),
-                font=font,
-            )
-        return out
-
-    for i in range(len(images)):
-        y0 = header + i * (s + pad)
-        truth = labels[i].numpy()
-        rgb = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        canvas.paste(Image.fromarray(rgb).resize((s, s), Image.Resampling.NEAREST), (pad, y0))
-        canvas.paste(tile(truth, truth), (pad + (s + pad), y0))
-        for j, pred in enumerate(predictions.values(), start=2):
-            canvas.paste(tile(pred[i].astype(np.int64), truth), (pad + j * (s + pad), y0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
