@@ -15,6 +15,7 @@ ARGS = {
     "swap_fusion.py": None,
     "prompt_bank.py": None,
     "synthetic_zero_shot.py": ["--quick", "--steps", "3", "--no-progress", "--out", "out"],
+    "add_your_own_block.py": ["--steps", "2", "--out", "out"],
 }
 
 
@@ -37,4 +38,35 @@ def test_example_runs(name, tmp_path, monkeypatch, capsys):
         args = ARGS[name]
         rc = module.main() if args is None else module.main(args)
     assert rc == 0
-    assert capsys.readouterr().out.strip()
+    out = capsys.readouterr().out
+    assert out.strip()
+    if name in CHECKS:
+        CHECKS[name](out, tmp_path)
+
+
+def check_add_your_own_block(out, tmp_path):
+    """The new blocks are built, trained, saved in the config, refused without their
+    registration, and the reloaded model gives the same logits."""
+    import json
+
+    from safetensors import safe_open
+
+    from lmseg.aggregation import CLASS_ATTENTIONS
+    from lmseg.encoders import SPATIAL_ENCODERS
+
+    try:
+        assert "unknown option(s) ['widht'] for spatial encoder 'tiny_conv'" in out
+        assert "spatial encoder TinyConvEncoder, class attention CosineClassAttention" in out
+        assert "the new encoder's weights changed" in out
+        assert "without the registration:" in out and "unknown spatial encoder type 'tiny_conv'" in out
+        assert "max |difference| 0: identical" in out
+        with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+            config = json.loads(f.metadata()["lmseg_config"])
+        assert config["spatial_encoder"] == {"type": "tiny_conv", "width": 16}
+        assert config["aggregator"]["class_attention"] == {"type": "cosine"}
+    finally:  # leave the registries as the other tests expect them
+        SPATIAL_ENCODERS.unregister("tiny_conv")
+        CLASS_ATTENTIONS.unregister("cosine")
+
+
+CHECKS = {"add_your_own_block.py": check_add_your_own_block}
