@@ -146,6 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as error:
         print(f"a misspelt option: {error}")
 
+    # A kernel's contract: the one extra key/value stands for `extra_count` identical padding
+    # tokens, so it must equal running on the explicit copies (whose outputs are discarded).
+    q, k, v = torch.randn(3, 4, 5, 2, 8).unbind(0)  # (N, K, heads, d)
+    pad_k, pad_v = torch.randn(2, 1, 2, 8).unbind(0)  # (1, heads, d)
+    attention = CosineClassAttention()
+    closed = attention(q, k, v, extra_k=pad_k, extra_v=pad_v, extra_count=3)
+    copies = [t.expand(4, -1, -1)[:, None].expand(-1, 3, -1, -1) for t in (pad_k, pad_v)]
+    explicit = attention(
+        torch.cat([q, torch.zeros_like(copies[0])], dim=1),
+        torch.cat([k, copies[0]], dim=1),
+        torch.cat([v, copies[1]], dim=1),
+    )[:, :5]
+    print(
+        "closed-form padding vs 3 explicit padding tokens: max |difference| "
+        f"{(closed - explicit).abs().max().item():.1e}"
+    )
+
     # Build: the new blocks by name, P = 3 prompts per class (the world's attribute sentences).
     torch.manual_seed(0)
     model = lmseg.create_model("lmseg_tiny", num_prompts=3, **BLOCKS).train()

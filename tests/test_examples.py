@@ -48,6 +48,7 @@ def check_add_your_own_block(out, tmp_path):
     """The new blocks are built, trained, saved in the config, refused without their
     registration, and the reloaded model gives the same logits."""
     import json
+    import re
 
     from safetensors import safe_open
 
@@ -56,6 +57,8 @@ def check_add_your_own_block(out, tmp_path):
 
     try:
         assert "unknown option(s) ['widht'] for spatial encoder 'tiny_conv'" in out
+        padding = re.search(r"3 explicit padding tokens: max \|difference\| (\S+)", out)
+        assert padding and float(padding.group(1)) < 1e-5
         assert "spatial encoder TinyConvEncoder, class attention CosineClassAttention" in out
         assert "the new encoder's weights changed" in out
         assert "without the registration:" in out and "unknown spatial encoder type 'tiny_conv'" in out
