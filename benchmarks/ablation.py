@@ -39,8 +39,7 @@ from report import write_report  # noqa: E402  (benchmarks/report.py, beside thi
 
 from lmseg.aggregation import CLASS_ATTENTIONS  # noqa: E402
 from lmseg.fusion.weighted_fusion import FUSION_MODES  # noqa: E402
-from lmseg.io import atomic_write  # noqa: E402
-from lmseg.synthetic.report import stats  # noqa: E402
+from lmseg.synthetic.report import save_output, stats  # noqa: E402
 from lmseg.synthetic.runner import Job, run_jobs  # noqa: E402
 from lmseg.synthetic.settings import DemoSettings  # noqa: E402
 
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
             if r["seeds_missing"]
         ]
-        atomic_write(
+        save_output(
             out,
             lambda tmp: write_report(
                 tmp,
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         table = format_markdown(rows)
-        atomic_write(markdown, lambda tmp: Path(tmp).write_text(table + "\n"))
+        save_output(markdown, lambda tmp: Path(tmp).write_text(table + "\n"))
         return rows
 
     by_key = {variant_key(a, f): (a, f) for a, f, _ in todo}

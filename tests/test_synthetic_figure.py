@@ -1,8 +1,12 @@
-"""The synthetic demo's figure: names never overlap, and the legend explains the colour code."""
+"""The synthetic demo's figure (names never overlap, a legend explains the colour code) and how
+its outputs are written."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from PIL import Image, ImageFont
 
 from lmseg.synthetic import SyntheticWorld
 from lmseg.synthetic.figure import RIGHT, WRONG, place_labels, save_figure, tile_labels
+from lmseg.synthetic.report import save_output
 
 
 def disjoint(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -70,3 +75,17 @@ def test_figure_has_a_legend_of_its_colour_code(world: SyntheticWorld, tmp_path)
     legend = pixels[grid_bottom:]
     for colour in (RIGHT, WRONG):  # both name colours are shown under the grid
         assert (legend == colour).all(axis=-1).any()
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path) -> None:
+    """Written atomically through a private temporary file, outputs still end up with the mode
+    a plain open() gives them (not 0600)."""
+    old = os.umask(0o022)
+    try:
+        save_output(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+        os.umask(0o077)
+        save_output(tmp_path / "b.txt", lambda tmp: Path(tmp).write_text("x"))
+        assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -29,7 +29,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lmseg.io import atomic_write
 from lmseg.synthetic.evaluation import eval_sets, evaluate, reference_levels
 from lmseg.synthetic.figure import save_figure
 from lmseg.synthetic.model import (
@@ -39,7 +38,13 @@ from lmseg.synthetic.model import (
     prompt_ids,
     text_embeddings,
 )
-from lmseg.synthetic.report import format_claims, format_table, summarise, targets
+from lmseg.synthetic.report import (
+    format_claims,
+    format_table,
+    save_output,
+    summarise,
+    targets,
+)
 from lmseg.synthetic.runner import demo_jobs, run_jobs
 from lmseg.synthetic.settings import (
     DEFAULT_ROWS,
@@ -135,7 +140,7 @@ def run_demo(
     results["wall_seconds"] = time.perf_counter() - start
     if out_dir is not None:
         text = json.dumps(results, indent=2) + "\n"
-        atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(text))
+        save_output(out / "results.json", lambda tmp: Path(tmp).write_text(text))
     if echo is not None:
         echo(format_table(results))
         for line in format_claims(results["targets"]):

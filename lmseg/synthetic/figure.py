@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmseg.io import atomic_write
+from lmseg.synthetic.report import save_output
 from lmseg.synthetic.world import BACKGROUND_RGB, COLORS, SyntheticWorld
 
 __all__ = ["LabelBox", "place_labels", "save_figure", "tile_labels"]
@@ -167,7 +167,7 @@ def save_figure(
         for j, pred in enumerate(predictions.values(), start=2):
             canvas.paste(tile(pred[i].astype(np.int64), truth), (pad + j * (s + pad), y0))
     canvas.paste(legend, (pad, grid_bottom))
-    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    save_output(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def _wrap(text: str, font: Any, width: int) -> list[str]:

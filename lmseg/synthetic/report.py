@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from lmseg.io import atomic_write
 from lmseg.synthetic.settings import ROWS
 
-__all__ = ["format_claims", "format_table", "stats", "summarise", "targets"]
+__all__ = ["format_claims", "format_table", "save_output", "stats", "summarise", "targets"]
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:
@@ -92,3 +94,17 @@ def format_table(results: dict[str, Any]) -> str:
     ):
         lines.append(f"| {name} | {ref['unseen'][key]:.1f} | {ref['seen'][key]:.1f} | |")
     return "\n".join(lines)
+
+
+def save_output(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
+    """Write an output file atomically (:func:`lmseg.io.atomic_write`), readable as a file made
+    with ``open`` would be: the temporary file is created private (0600), so it gets the
+    permissions of the process's umask before it is renamed into place."""
+
+    def publish(tmp: str) -> None:
+        write(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    atomic_write(path, publish)
