@@ -5,7 +5,7 @@ the class-attention role; each is a class plus a builder registered by name, aft
 factory builds, validates, saves and reloads models that use them like the built-in blocks. The
 script builds ``lmseg_tiny`` with both, trains it a few steps on the synthetic world, saves it
 with ``lmseg.save_model``, reloads it with ``lmseg.load_model`` and checks that the reloaded model
-gives the same logits (docs/add-your-own-block.md). About ten seconds on two CPU cores.
+gives the same logits (docs/add-your-own-block.md). About five seconds on two CPU cores.
 
     python examples/add_your_own_block.py [--steps 5] [--out outputs/add_your_own_block]
 """
