@@ -1,7 +1,7 @@
 """Zero-shot segmentation of made-up classes: attribute prompts and CLIP+SAM fusion, no download.
 
 Trains small LMSeg models from scratch on the seen classes of a procedural world and evaluates
-them on unseen classes (docs/synthetic.md). The default run takes about three minutes on two
+them on unseen classes (docs/synthetic.md). The default run takes about four minutes on two
 CPU cores, ``--quick`` under a minute.
 
     python examples/synthetic_zero_shot.py [--quick | --smoke] [--steps N] [--seeds 0,1,2] [--out DIR]

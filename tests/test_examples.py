@@ -132,6 +132,33 @@ def check_synthetic_zero_shot(out: str) -> None:
         assert figure.width > 64 and figure.height > 64
 
 
+def check_add_your_own_block(out: str) -> None:
+    """The new blocks are built, trained, saved in the config, refused without their
+    registration, and the reloaded model gives the same logits."""
+    from safetensors import safe_open
+
+    from lmseg.aggregation import CLASS_ATTENTIONS
+    from lmseg.encoders import SPATIAL_ENCODERS
+
+    try:
+        assert "unknown option(s) ['widht'] for spatial encoder 'tiny_conv'" in out
+        padding = re.search(r"3 explicit padding tokens: max \|difference\| (\S+)", out)
+        assert padding and float(padding.group(1)) < 1e-5
+        assert "spatial encoder TinyConvEncoder, class attention CosineClassAttention" in out
+        assert "the new encoder's weights changed" in out
+        assert "without the registration:" in out and "unknown spatial encoder type 'tiny_conv'" in out
+        assert "max |difference| 0: identical" in out
+        # the test runs in its own directory
+        with safe_open("out/model.safetensors", "pt") as f:
+            config = json.loads(f.metadata()["lmseg_config"])
+        assert config["spatial_encoder"] == {"type": "tiny_conv", "width": 16}
+        assert config["aggregator"]["class_attention"] == {"type": "cosine"}
+    finally:  # leave the registries as the other tests expect them
+        SPATIAL_ENCODERS.unregister("tiny_conv")
+        CLASS_ATTENTIONS.unregister("cosine")
+
+
+
 ARGS: dict[str, list[str] | None] = {
     "segment_image.py": [],
     "segment_vocabulary.py": ["--vocabulary", "voc20", "--sliding-window"],
@@ -139,6 +166,7 @@ ARGS: dict[str, list[str] | None] = {
     "swap_fusion.py": None,
     "prompt_bank.py": None,
     "synthetic_zero_shot.py": ["--smoke", "--no-progress", "--out", "out"],
+    "add_your_own_block.py": ["--steps", "2", "--out", "out"],
 }
 CHECKS: dict[str, Callable[[str], None]] = {
     "segment_image.py": check_segment_image,
@@ -147,6 +175,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "swap_fusion.py": check_swap_fusion,
     "prompt_bank.py": check_prompt_bank,
     "synthetic_zero_shot.py": check_synthetic_zero_shot,
+    "add_your_own_block.py": check_add_your_own_block,
 }
 
 # Examples that need files another step writes, run by their own tests.
