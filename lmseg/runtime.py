@@ -49,7 +49,8 @@ class RuntimeOptions:
             overrides it to ``[1, 1]``): 1 at inference, the training recipe sets 2.
         preprocessing: ``"lmseg"`` resizes the image straight to each encoder's input size;
             ``"catseg"`` reproduces CAT-Seg's whole-image path, which zero-pads the normalised
-            image to a multiple of 32 before resizing (and crops the prediction back).
+            image to a multiple of 32 before resizing; as in CAT-Seg, the prediction, padding
+            included, is then resized to the image (its crop at model resolution is a no-op).
         device: where the predictor puts the model (None: leave it where it is).
     """
 
