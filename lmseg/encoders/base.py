@@ -17,7 +17,7 @@ file or a server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "VISION_LANGUAGE_ENCODERS",
     "AttentionWeights",
     "DenseFeatures",
+    "load_weights_exactly",
     "SpatialEncoder",
     "VisionLanguageEncoder",
     "needs_resize",
@@ -163,6 +164,39 @@ def needs_resize(images: torch.Tensor, size: tuple[int, int]) -> bool:
     if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):
         return True
     return (int(h), int(w)) != tuple(size)
+
+
+def load_weights_exactly(
+    module: nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    what: str,
+    unexpected: Sequence[str] = (),
+) -> None:
+    """Load ``weights`` into ``module`` only if they are exactly its parameters and buffers.
+
+    Args:
+        module: the encoder (or its inner network) to fill.
+        weights: its state dict, already in the module's own key names.
+        what: how the error names the source and target, e.g. ``"SAM checkpoint ... image
+            encoder"`` is given as ``"the SAM checkpoint does not fit the image encoder"``.
+        unexpected: keys of the source file the caller already found unusable.
+
+    Raises:
+        ValueError: keys missing, unexpected or of another shape, the first ten of each named.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [*unexpected, *(k for k in weights if k not in own)]
+    mismatched = [
+        f"{k}: file {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in weights and tuple(weights[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{what}: missing {missing[:10]}, unexpected {unexpected[:10]}, mismatched {mismatched[:10]}"
+        )
+    module.load_state_dict(dict(weights), strict=True)
 
 
 VISION_LANGUAGE_ENCODERS: Registry[VisionLanguageEncoder] = Registry(

@@ -29,7 +29,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly
 from lmseg.encoders.common import OfficialWeights, check_int, find_weights
 
 __all__ = [
@@ -194,17 +194,4 @@ def load_dinov2_weights(model: VisionTransformer, state: Mapping[str, Any]) -> N
         raise ValueError(f"a DINOv2 weights file must hold a state dict, got {type(state).__name__}")
     # checkpoint_filter_fn pops keys from what it is given: hand it a copy.
     converted = checkpoint_filter_fn(dict(state), model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in converted]
-    unexpected = [k for k in converted if k not in own]
-    mismatched = [
-        f"{k}: file {tuple(converted[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in converted and tuple(converted[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "the DINOv2 weights do not fit the model: "
-            f"missing {missing[:10]}, unexpected {unexpected[:10]}, mismatched {mismatched[:10]}"
-        )
-    model.load_state_dict(converted, strict=True)
+    load_weights_exactly(model, converted, "the DINOv2 weights do not fit the model")

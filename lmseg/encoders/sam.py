@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, needs_resize
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly, needs_resize
 from lmseg.weights import resolve_file
 
 SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
@@ -197,16 +197,4 @@ def load_sam_image_encoder(encoder: ImageEncoderViT, state: dict[str, torch.Tens
         elif name.endswith(("rel_pos_h", "rel_pos_w")):  # (2S-1, C) -> (2s-1, C), linear as SAM
             resized = F.interpolate(source.T[None].float(), size=target.shape[0], mode="linear")
             weights[name] = resized[0].T.to(source.dtype)
-    missing = [k for k in own if k not in weights]
-    unexpected += [prefix + k for k in weights if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "SAM checkpoint does not fit the image encoder: "
-            f"missing {missing[:10]}, unexpected {unexpected[:10]}, mismatched {mismatched[:10]}"
-        )
-    encoder.load_state_dict(weights, strict=True)
+    load_weights_exactly(encoder, weights, "the SAM checkpoint does not fit the image encoder", unexpected)

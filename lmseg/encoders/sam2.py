@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly
 from lmseg.encoders.common import OfficialWeights, check_int, check_ints, find_weights
 
 __all__ = [
@@ -294,17 +294,4 @@ def load_sam2_image_encoder(encoder: nn.Module, state: Mapping[str, Any]) -> Non
         unexpected = [k for k in state if not k.startswith(prefix) and k.split(".")[0] not in _OTHER_MODULES]
     else:
         weights, unexpected = dict(state), []
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected += [prefix + k for k in weights if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in weights and tuple(weights[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "the SAM 2 checkpoint does not fit the image encoder: "
-            f"missing {missing[:10]}, unexpected {unexpected[:10]}, mismatched {mismatched[:10]}"
-        )
-    encoder.load_state_dict(weights, strict=True)
+    load_weights_exactly(encoder, weights, "the SAM 2 checkpoint does not fit the image encoder", unexpected)
