@@ -1,5 +1,6 @@
 """What the encoder implementations share: the record of a released weights file, finding such a
-file on disk (never downloading it), and bounds checks for builder options.
+file on disk (never downloading it), bounds checks for builder options, and ImageNet's
+normalisation statistics.
 
 Builder options can come from a checkpoint's config, so every size is checked against a bound
 before anything is allocated: a file must not be able to ask for a huge model or input.
@@ -14,7 +15,11 @@ from pathlib import Path
 
 from lmseg.weights import resolve_file
 
-__all__ = ["OfficialWeights", "check_int", "check_ints", "find_weights"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OfficialWeights", "check_int", "check_ints", "find_weights"]
+
+#: ImageNet's RGB mean and standard deviation on [0, 1] images (DINOv2's and SAM 2's inputs).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

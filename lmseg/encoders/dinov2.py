@@ -30,7 +30,13 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly
-from lmseg.encoders.common import OfficialWeights, check_int, find_weights
+from lmseg.encoders.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OfficialWeights,
+    check_int,
+    find_weights,
+)
 
 __all__ = [
     "DINOV2_VARIANTS",
@@ -40,8 +46,6 @@ __all__ = [
     "load_dinov2_weights",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH_SIZE = 14
 
 #: lmseg's variant names -> timm's architectures (sizes live in timm's registry).

@@ -29,7 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly
-from lmseg.encoders.common import OfficialWeights, check_int, check_ints, find_weights
+from lmseg.encoders.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OfficialWeights,
+    check_int,
+    check_ints,
+    find_weights,
+)
 
 __all__ = [
     "SAM2_0_WEIGHTS",
@@ -40,8 +47,6 @@ __all__ = [
     "load_sam2_image_encoder",
 ]
 
-SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
-SAM2_PIXEL_STD = (0.229, 0.224, 0.225)
 
 # The image-encoder sections of sam2's configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml (identical in
 # the SAM 2.0 configs), with Hiera's defaults written out where a config leaves them.
@@ -116,8 +121,8 @@ class SAM2Encoder(SpatialEncoder):
         super().__init__()
         self.encoder = encoder
         self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(SAM2_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(SAM2_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def out_channels(self) -> int:
