@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmseg.registry import Registry
@@ -34,6 +35,7 @@ __all__ = [
     "SpatialEncoder",
     "VisionLanguageEncoder",
     "needs_resize",
+    "square_input",
 ]
 
 
@@ -164,6 +166,22 @@ def needs_resize(images: torch.Tensor, size: tuple[int, int]) -> bool:
     if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):
         return True
     return (int(h), int(w)) != tuple(size)
+
+
+def square_input(
+    images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] resized to a ``size`` square (bilinear, antialiased, as SAM,
+    SAM 2 and DINOv2 resize) and normalised with ``mean`` and ``std`` (``(1, 3, 1, 1)``).
+
+    Raises:
+        ValueError: the images are not ``(B, 3, H, W)``.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
+    if needs_resize(images, (size, size)):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (images - mean.to(images.dtype)) / std.to(images.dtype)
 
 
 def load_weights_exactly(

@@ -24,12 +24,11 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly, square_input
 from lmseg.encoders.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -114,12 +113,7 @@ class DINOv2Encoder(SpatialEncoder):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize ``(B, 3, H, W)`` RGB in [0, 1] to ``image_size`` (bilinear, antialiased) and
         normalise with ImageNet's statistics."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
-        size = (self.image_size, self.image_size)
-        if tuple(images.shape[-2:]) != size:
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return square_input(images, self.image_size, self.mean, self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` RGB in [0, 1] -> normalised patch tokens ``(B, C, s/14, s/14)``."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly, needs_resize
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly, square_input
 from lmseg.weights import resolve_file
 
 SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
@@ -72,13 +72,8 @@ class SAMEncoder(SpatialEncoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` RGB in [0, 1] -> SAM features ``(B, 256, s/16, s/16)``."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
-        size = (self.image_size, self.image_size)
-        if needs_resize(images, size):
-            # SAM resizes with antialiasing (ResizeLongestSide.apply_image_torch).
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        images = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        # SAM resizes with antialiasing (ResizeLongestSide.apply_image_torch).
+        images = square_input(images, self.image_size, self.mean, self.std)
         step = self.image_chunk or (1 if images.device.type == "cpu" else len(images))
         # A graph traced for any batch size (lmseg.export) encodes the batch at once.
         if isinstance(images.shape[0], torch.SymInt) or len(images) <= step:

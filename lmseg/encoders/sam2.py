@@ -25,10 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly
+from lmseg.encoders.base import SPATIAL_ENCODERS, SpatialEncoder, load_weights_exactly, square_input
 from lmseg.encoders.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -132,12 +131,7 @@ class SAM2Encoder(SpatialEncoder):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize ``(B, 3, H, W)`` RGB in [0, 1] to ``image_size`` and normalise (SAM 2's
         transforms: a square bilinear, antialiased resize, then ImageNet statistics)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
-        size = (self.image_size, self.image_size)
-        if tuple(images.shape[-2:]) != size:
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return square_input(images, self.image_size, self.mean, self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` RGB in [0, 1] -> the stride-16 level ``(B, 256, s/16, s/16)``."""
